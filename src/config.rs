@@ -1,0 +1,483 @@
+//! Typed settings, loaded in layers (built-in defaults, then a TOML file, then
+//! `DATALOY_GATEWAY__SECTION__KEY` environment variables) and validated once at start-up, so a
+//! mistake is reported with the key that holds it instead of surfacing as a runtime failure.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+/// Prefix of environment variables that override configuration keys.
+pub const ENV_PREFIX: &str = "DATALOY_GATEWAY";
+
+/// Why the configuration cannot be used; every variant names the offending key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot load configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("invalid configuration: `{key}` {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    #[serde(default)]
+    pub server: ServerSettings,
+    #[serde(default)]
+    pub admin: AdminSettings,
+    #[serde(default)]
+    pub auth: AuthSettings,
+    #[serde(default)]
+    pub dedup: DedupSettings,
+    #[serde(default)]
+    pub spool: SpoolSettings,
+    #[serde(default)]
+    pub relay: RelaySettings,
+    #[serde(default)]
+    pub sinks: SinksSettings,
+    #[serde(default)]
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    /// Address of the notification listener.
+    pub bind: String,
+    /// HTTP worker threads; defaults to the number of cores.
+    pub workers: Option<usize>,
+    /// Largest accepted body; larger ones get 413.
+    pub max_body_bytes: ByteSize,
+    /// How long a client may take to send its headers and body.
+    #[serde(with = "humantime_serde")]
+    pub client_timeout: Duration,
+    /// How long in-flight requests may take to finish at shutdown.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    /// `Retry-After` seconds sent with 503 answers.
+    pub retry_after_seconds: u32,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            bind: "127.0.0.1:8080".into(),
+            workers: None,
+            max_body_bytes: ByteSize(1024 * 1024),
+            client_timeout: Duration::from_secs(10),
+            shutdown_timeout: Duration::from_secs(30),
+            retry_after_seconds: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSettings {
+    /// Address of the admin listener (`/metrics`, `/health/*`).
+    pub bind: String,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        Self {
+            bind: "127.0.0.1:9090".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    #[default]
+    None,
+    Basic,
+    Bearer,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    pub mode: AuthMode,
+    /// `basic` mode user name.
+    pub username: Option<String>,
+    /// `basic` mode password.
+    pub password: Option<SecretString>,
+    /// `bearer` mode token.
+    pub token: Option<SecretString>,
+    /// Allows `mode = "none"` on a listener that is reachable beyond loopback.
+    pub allow_unauthenticated: bool,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DedupBackend {
+    #[default]
+    Memory,
+    Redis,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DedupSettings {
+    pub backend: DedupBackend,
+    /// How long an accepted id is remembered.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// How long a claim stays valid while its notification is being made durable.
+    #[serde(with = "humantime_serde")]
+    pub claim_lease: Duration,
+    /// How long a request waits for another in-flight request with the same id to finish.
+    #[serde(with = "humantime_serde")]
+    pub in_flight_wait: Duration,
+    /// Most ids the memory backend remembers; the oldest are evicted first.
+    pub max_entries: usize,
+    pub redis_url: String,
+}
+
+impl Default for DedupSettings {
+    fn default() -> Self {
+        Self {
+            backend: DedupBackend::Memory,
+            ttl: Duration::from_secs(24 * 3600),
+            claim_lease: Duration::from_secs(30),
+            in_flight_wait: Duration::from_secs(2),
+            max_entries: 1_000_000,
+            redis_url: "redis://127.0.0.1:6379".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolSettings {
+    /// Without the spool, a notification is accepted only once every sink confirmed it.
+    pub enabled: bool,
+    pub dir: PathBuf,
+    /// Disk the spool may use; when full, new notifications get 503.
+    pub max_bytes: ByteSize,
+    /// Size at which the spool starts a new segment file.
+    pub segment_bytes: ByteSize,
+}
+
+impl Default for SpoolSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            dir: PathBuf::from("data/spool"),
+            max_bytes: ByteSize(1024 * 1024 * 1024),
+            segment_bytes: ByteSize(64 * 1024 * 1024),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelaySettings {
+    /// Most notifications handed to the sinks at once.
+    pub batch_max_records: usize,
+    /// First retry delay after a failed publish; doubles up to `retry_max_backoff`.
+    #[serde(with = "humantime_serde")]
+    pub retry_initial_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_max_backoff: Duration,
+}
+
+impl Default for RelaySettings {
+    fn default() -> Self {
+        Self {
+            batch_max_records: 512,
+            retry_initial_backoff: Duration::from_millis(100),
+            retry_max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A sink is on when its table is present.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SinksSettings {
+    pub file: Option<FileSinkSettings>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSinkSettings {
+    pub path: PathBuf,
+    /// fsync after every batch, so a confirmed notification survives a power loss.
+    #[serde(default = "default_true")]
+    pub fsync: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `dataloy_gateway=debug`; `RUST_LOG` takes precedence.
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Json,
+            level: "info".into(),
+        }
+    }
+}
+
+/// A size in bytes, written as an integer or with a unit (`64MiB`, `1GiB`, `512KB`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub fn bytes(self) -> u64 {
+        self.0
+    }
+
+    fn parse(text: &str) -> Option<ByteSize> {
+        let text = text.trim();
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let number: u64 = number.parse().ok()?;
+        let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "kb" => 1000,
+            "kib" | "k" => 1024,
+            "mb" => 1000 * 1000,
+            "mib" | "m" => 1024 * 1024,
+            "gb" => 1000 * 1000 * 1000,
+            "gib" | "g" => 1024 * 1024 * 1024,
+            _ => return None,
+        };
+        number.checked_mul(multiplier).map(ByteSize)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Number(n) => Ok(ByteSize(n)),
+            Raw::Text(t) => ByteSize::parse(&t).ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "`{t}` is not a size (use bytes or a unit: KiB, MiB, GiB)"
+                ))
+            }),
+        }
+    }
+}
+
+impl Settings {
+    /// Loads defaults, then `file` (if given), then environment overrides, and validates the result.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        Self::load_with_env(file, std::env::vars())
+    }
+
+    /// Like [`Settings::load`], with the environment given explicitly (tests use this).
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigError> {
+        let mut builder = config::Config::builder();
+        if let Some(path) = file {
+            builder = builder.add_source(config::File::from(path).required(true));
+        }
+        let env_source = config::Environment::with_prefix(ENV_PREFIX)
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            .source(Some(env.into_iter().collect()));
+        let settings: Settings = builder.add_source(env_source).build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks what serde cannot: addresses, credentials, bounds and their relations.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let server_bind = parse_bind("server.bind", &self.server.bind)?;
+        parse_bind("admin.bind", &self.admin.bind)?;
+        if self.server.workers == Some(0) {
+            return Err(invalid("server.workers", "must be at least 1"));
+        }
+        if self.server.max_body_bytes.bytes() == 0 {
+            return Err(invalid("server.max_body_bytes", "must be greater than 0"));
+        }
+        self.validate_auth(server_bind)?;
+        if self.dedup.ttl.is_zero() {
+            return Err(invalid("dedup.ttl", "must be greater than 0"));
+        }
+        if self.dedup.claim_lease.is_zero() {
+            return Err(invalid("dedup.claim_lease", "must be greater than 0"));
+        }
+        if self.dedup.max_entries == 0 {
+            return Err(invalid("dedup.max_entries", "must be at least 1"));
+        }
+        if self.dedup.backend == DedupBackend::Redis {
+            return Err(invalid(
+                "dedup.backend",
+                "`redis` is not available in this build yet; use `memory`",
+            ));
+        }
+        if self.spool.enabled {
+            if self.spool.dir.as_os_str().is_empty() {
+                return Err(invalid("spool.dir", "must not be empty"));
+            }
+            let segment = self.spool.segment_bytes.bytes();
+            if segment < 4096 {
+                return Err(invalid("spool.segment_bytes", "must be at least 4096"));
+            }
+            if self.spool.max_bytes.bytes() < segment.saturating_mul(2) {
+                return Err(invalid(
+                    "spool.max_bytes",
+                    "must be at least twice spool.segment_bytes",
+                ));
+            }
+            if self.spool.max_bytes.bytes() < self.server.max_body_bytes.bytes() * 2 {
+                return Err(invalid(
+                    "spool.max_bytes",
+                    "must hold at least two bodies of server.max_body_bytes",
+                ));
+            }
+        }
+        if self.relay.batch_max_records == 0 {
+            return Err(invalid("relay.batch_max_records", "must be at least 1"));
+        }
+        if self.relay.retry_initial_backoff.is_zero()
+            || self.relay.retry_initial_backoff > self.relay.retry_max_backoff
+        {
+            return Err(invalid(
+                "relay.retry_initial_backoff",
+                "must be greater than 0 and at most relay.retry_max_backoff",
+            ));
+        }
+        if let Some(file) = &self.sinks.file {
+            if file.path.as_os_str().is_empty() {
+                return Err(invalid("sinks.file.path", "must not be empty"));
+            }
+        }
+        if !self.sinks.any() {
+            return Err(invalid(
+                "sinks",
+                "no sink is configured; add a [sinks.file], [sinks.kafka] or [sinks.rabbitmq] table",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_auth(&self, server_bind: SocketAddr) -> Result<(), ConfigError> {
+        let auth = &self.auth;
+        match auth.mode {
+            AuthMode::None => {
+                if !server_bind.ip().is_loopback() && !auth.allow_unauthenticated {
+                    return Err(invalid(
+                        "auth.mode",
+                        "is `none` but server.bind is reachable beyond loopback; configure \
+                         `basic` or `bearer`, or set auth.allow_unauthenticated = true",
+                    ));
+                }
+            }
+            AuthMode::Basic => {
+                if auth.username.as_deref().is_none_or(str::is_empty) {
+                    return Err(invalid(
+                        "auth.username",
+                        "is required when auth.mode = \"basic\"",
+                    ));
+                }
+                if auth.username.as_deref().is_some_and(|u| u.contains(':')) {
+                    return Err(invalid("auth.username", "must not contain ':'"));
+                }
+                if !has_secret(&auth.password) {
+                    return Err(invalid(
+                        "auth.password",
+                        "is required when auth.mode = \"basic\"",
+                    ));
+                }
+            }
+            AuthMode::Bearer => {
+                if !has_secret(&auth.token) {
+                    return Err(invalid(
+                        "auth.token",
+                        "is required when auth.mode = \"bearer\"",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The validated notification listener address.
+    pub fn server_addr(&self) -> SocketAddr {
+        self.server.bind.parse().expect("validated at load")
+    }
+
+    /// The validated admin listener address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.bind.parse().expect("validated at load")
+    }
+}
+
+impl SinksSettings {
+    pub fn any(&self) -> bool {
+        self.file.is_some()
+    }
+}
+
+fn has_secret(secret: &Option<SecretString>) -> bool {
+    secret
+        .as_ref()
+        .is_some_and(|s| !s.expose_secret().is_empty())
+}
+
+fn parse_bind(key: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value.parse().map_err(|_| {
+        invalid(
+            key,
+            format!("`{value}` is not a socket address such as 127.0.0.1:8080"),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(ByteSize::parse("64MiB"), Some(ByteSize(64 << 20)));
+        assert_eq!(ByteSize::parse("1 GiB"), Some(ByteSize(1 << 30)));
+        assert_eq!(ByteSize::parse("512KB"), Some(ByteSize(512_000)));
+        assert_eq!(ByteSize::parse("12"), Some(ByteSize(12)));
+        assert_eq!(ByteSize::parse("12 parsecs"), None);
+        assert_eq!(ByteSize::parse(""), None);
+    }
+}

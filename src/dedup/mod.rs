@@ -1,0 +1,48 @@
+//! Deduplication by notification id. Dataloy resends an id it got no answer for, so the same id
+//! arriving twice is normal traffic. A backend records ids in two steps: `claim` before the
+//! notification is made durable, then `commit` once it is (or `release` if that failed, so the
+//! sender's retry is processed instead of being dropped as a duplicate).
+
+pub mod memory;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+pub use memory::MemoryDedup;
+
+/// Identifies one claim, so that a late `release` cannot free an id someone else claimed since.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimToken(pub u64);
+
+/// What a claim found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    /// The id is new: the caller owns it until it commits or releases.
+    Claimed(ClaimToken),
+    /// The id was accepted before and has not expired.
+    Duplicate,
+    /// Another request holds a claim on the id and has not finished yet.
+    InFlight,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DedupError {
+    #[error("dedup backend unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A deduplication backend. Every backend passes the same behaviour tests (`tests/api/dedup.rs`).
+#[async_trait]
+pub trait Deduplicator: Send + Sync + 'static {
+    /// Claims `id` for `lease`, unless it is already claimed or committed.
+    async fn claim(&self, id: &str, lease: Duration) -> Result<ClaimOutcome, DedupError>;
+    /// Marks a claimed id as accepted for `ttl`.
+    async fn commit(&self, id: &str, token: ClaimToken, ttl: Duration) -> Result<(), DedupError>;
+    /// Forgets a claim that did not lead to a durable notification.
+    async fn release(&self, id: &str, token: ClaimToken) -> Result<(), DedupError>;
+    /// Ids currently held, when the backend can tell cheaply.
+    fn entry_count(&self) -> Option<usize> {
+        None
+    }
+}

@@ -1,0 +1,187 @@
+//! The one path every source (webhook, WebSocket) takes: validate the envelope, claim its id,
+//! make the notification durable, then commit the id. Any failure before the notification is
+//! durable releases the claim, so the sender's retry is processed rather than dropped as a
+//! duplicate. Every outcome is logged and counted here, once.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::config::DedupSettings;
+use crate::dedup::{ClaimOutcome, ClaimToken, DedupError, Deduplicator};
+use crate::envelope::{Envelope, EnvelopeError, NotificationId};
+use crate::metrics::{Metrics, Outcome, Source};
+use crate::notification::Notification;
+use crate::sink::{PublishError, Sink};
+use crate::spool::{Spool, SpoolError};
+
+/// Where an accepted notification is made durable before it is acknowledged.
+pub enum Durability {
+    /// Appended to the local spool; the relay publishes it later.
+    Spool(Arc<Spool>),
+    /// No spool: published to every sink and confirmed before the answer.
+    Direct(Vec<Arc<dyn Sink>>),
+}
+
+/// A notification the gateway now answers for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Accepted {
+    New(NotificationId),
+    Duplicate(NotificationId),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("invalid notification: {0}")]
+    Invalid(#[from] EnvelopeError),
+    #[error("deduplication unavailable")]
+    Dedup(#[source] DedupError),
+    #[error("another request with the same id is still being processed")]
+    StillInFlight,
+    #[error("spool is full")]
+    SpoolFull,
+    #[error("cannot write to the spool")]
+    Spool(#[source] SpoolError),
+    #[error("a sink did not confirm the notification")]
+    Sink(#[source] PublishError),
+}
+
+impl IngestError {
+    /// Low-cardinality reason, for metrics and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            IngestError::Invalid(e) => e.code(),
+            IngestError::Dedup(_) => "dedup_unavailable",
+            IngestError::StillInFlight => "in_flight",
+            IngestError::SpoolFull => "spool_full",
+            IngestError::Spool(_) => "spool_error",
+            IngestError::Sink(_) => "sink_error",
+        }
+    }
+}
+
+pub struct Ingest {
+    dedup: Arc<dyn Deduplicator>,
+    durability: Durability,
+    settings: DedupSettings,
+    metrics: Metrics,
+}
+
+impl Ingest {
+    pub fn new(
+        dedup: Arc<dyn Deduplicator>,
+        durability: Durability,
+        settings: DedupSettings,
+        metrics: Metrics,
+    ) -> Self {
+        Self {
+            dedup,
+            durability,
+            settings,
+            metrics,
+        }
+    }
+
+    /// Takes a received body through the pipeline; records the outcome in logs and metrics.
+    pub async fn ingest(&self, body: Bytes, source: Source) -> Result<Accepted, IngestError> {
+        let started = Instant::now();
+        self.metrics.received(source);
+        let result = self.process(body, source).await;
+        let outcome = match &result {
+            Ok(Accepted::New(id)) => {
+                tracing::debug!(notification_id = %id, "notification accepted");
+                Outcome::Accepted
+            }
+            Ok(Accepted::Duplicate(id)) => {
+                self.metrics.duplicate(source);
+                tracing::debug!(notification_id = %id, "duplicate notification ignored");
+                Outcome::Duplicate
+            }
+            Err(IngestError::Invalid(e)) => {
+                self.metrics.rejected(source, e.code());
+                tracing::info!(error = %e, "invalid notification rejected");
+                Outcome::Rejected
+            }
+            Err(e) => {
+                self.metrics.unavailable(source, e.reason());
+                tracing::warn!(error = %e, cause = ?std::error::Error::source(e), "notification not accepted; sender must retry");
+                Outcome::Unavailable
+            }
+        };
+        self.metrics
+            .request_finished(source, outcome, started.elapsed());
+        result
+    }
+
+    async fn process(&self, body: Bytes, source: Source) -> Result<Accepted, IngestError> {
+        let envelope = Envelope::parse(&body)?;
+        tracing::Span::current().record("notification_id", envelope.id.as_str());
+        let id = envelope.id.clone();
+        let Some(token) = self.claim(&id).await? else {
+            return Ok(Accepted::Duplicate(id));
+        };
+        let object_type = envelope.object_type.clone();
+        if let Err(e) = self.make_durable(Notification::new(envelope, body)).await {
+            if let Err(release_error) = self.dedup.release(id.as_str(), token).await {
+                // The claim's lease expires by itself; until then a retry waits, then gets 503.
+                tracing::error!(notification_id = %id, error = %release_error, "cannot release dedup claim");
+            }
+            return Err(e);
+        }
+        if let Err(e) = self
+            .dedup
+            .commit(id.as_str(), token, self.settings.ttl)
+            .await
+        {
+            // The notification is durable: answering 503 now would make the retry a second copy.
+            self.metrics.dedup_commit_errors.inc();
+            tracing::error!(notification_id = %id, error = %e, "accepted notification, but cannot record its id");
+        }
+        self.metrics.accepted(source, &object_type);
+        Ok(Accepted::New(id))
+    }
+
+    /// Claims the id; `None` when it was accepted before. Waits a little while another request
+    /// holds the same id, so concurrent retries resolve to one accept and duplicates.
+    async fn claim(&self, id: &NotificationId) -> Result<Option<ClaimToken>, IngestError> {
+        let deadline = Instant::now() + self.settings.in_flight_wait;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            match self
+                .dedup
+                .claim(id.as_str(), self.settings.claim_lease)
+                .await
+                .map_err(IngestError::Dedup)?
+            {
+                ClaimOutcome::Claimed(token) => return Ok(Some(token)),
+                ClaimOutcome::Duplicate => return Ok(None),
+                ClaimOutcome::InFlight if Instant::now() >= deadline => {
+                    return Err(IngestError::StillInFlight)
+                }
+                ClaimOutcome::InFlight => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(25));
+                }
+            }
+        }
+    }
+
+    async fn make_durable(&self, notification: Notification) -> Result<(), IngestError> {
+        match &self.durability {
+            Durability::Spool(spool) => match spool.append(notification).await {
+                Ok(_) => Ok(()),
+                Err(SpoolError::Full) => Err(IngestError::SpoolFull),
+                Err(e) => Err(IngestError::Spool(e)),
+            },
+            Durability::Direct(sinks) => {
+                let batch = std::slice::from_ref(&notification);
+                let publishes = sinks.iter().map(|sink| sink.publish(batch));
+                for result in futures::future::join_all(publishes).await {
+                    result.map_err(IngestError::Sink)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}

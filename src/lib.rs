@@ -1,0 +1,29 @@
+//! dataloy-gateway receives Dataloy VMS change notifications and relays them, byte for byte, into
+//! Kafka and RabbitMQ. It acknowledges a notification only once it is durable, deduplicates
+//! Dataloy's retries by notification id, and survives broker outages, restarts and crashes.
+//!
+//! # Layout
+//! - [`config`]: typed settings, layered (defaults, TOML file, environment), validated at start.
+//! - [`startup`]: `Application::build` wires everything and binds the listeners.
+//! - [`routes`]: the notification route and the admin routes (health, metrics).
+//! - [`ingest`]: the path every source shares: envelope, dedup claim, spool, commit.
+//! - [`envelope`]: parses and validates the envelope without building `resource`.
+//! - [`dedup`]: claim / commit / release by id, behind a trait.
+//! - [`spool`]: the durable local log with group commit, recovery and an ack cursor.
+//! - [`relay`]: spool to sinks, in order, with retries.
+//! - [`sink`]: the `Sink` trait, routing templates and the sinks themselves.
+//! - [`metrics`], [`telemetry`]: Prometheus metrics and structured logs.
+
+pub mod auth;
+pub mod config;
+pub mod dedup;
+pub mod envelope;
+pub mod ingest;
+pub mod metrics;
+pub mod notification;
+pub mod relay;
+pub mod routes;
+pub mod sink;
+pub mod spool;
+pub mod startup;
+pub mod telemetry;

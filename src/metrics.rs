@@ -1,0 +1,313 @@
+//! One Prometheus registry for the whole gateway and typed recording methods, so every outcome
+//! is logged and counted in one place with the same low-cardinality labels.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::RwLock;
+use prometheus::{
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
+};
+
+const NAMESPACE: &str = "dataloy_gateway";
+/// Most distinct `object_type` label values; later ones are counted as `other`.
+const MAX_OBJECT_TYPE_LABELS: usize = 256;
+/// Latency buckets in seconds, from 100 µs to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// Where a notification came from; a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Webhook,
+    WebSocket,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Webhook => "webhook",
+            Source::WebSocket => "websocket",
+        }
+    }
+}
+
+/// How a request ended; a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Accepted,
+    Duplicate,
+    Rejected,
+    Unavailable,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Accepted => "accepted",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Rejected => "rejected",
+            Outcome::Unavailable => "unavailable",
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    received: IntCounterVec,
+    accepted: IntCounterVec,
+    duplicates: IntCounterVec,
+    rejected: IntCounterVec,
+    unavailable: IntCounterVec,
+    request_duration: HistogramVec,
+    publish_duration: HistogramVec,
+    published: IntCounterVec,
+    publish_errors: IntCounterVec,
+    sink_up: IntGaugeVec,
+    pub spool_depth: IntGauge,
+    pub spool_bytes: IntGauge,
+    pub spool_oldest_age: Gauge,
+    pub spool_appends: IntCounter,
+    pub spool_fsyncs: IntCounter,
+    pub spool_recovered_bytes_dropped: IntCounter,
+    pub dedup_entries: IntGauge,
+    pub dedup_commit_errors: IntCounter,
+    known_object_types: Arc<RwLock<HashSet<String>>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some(NAMESPACE.into()), None).expect("valid prefix");
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique");
+            c
+        };
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique");
+            c
+        };
+        let int_gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("unique");
+            g
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str]| {
+            let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+            let h = HistogramVec::new(opts, labels).expect("valid metric");
+            registry.register(Box::new(h.clone())).expect("unique");
+            h
+        };
+
+        let received = counter_vec(
+            "notifications_received_total",
+            "Notifications received, before validation.",
+            &["source"],
+        );
+        let accepted = counter_vec(
+            "notifications_accepted_total",
+            "Notifications made durable and acknowledged.",
+            &["source", "object_type"],
+        );
+        let duplicates = counter_vec(
+            "notifications_duplicate_total",
+            "Notifications recognised as already accepted and not relayed again.",
+            &["source"],
+        );
+        let rejected = counter_vec(
+            "notifications_rejected_total",
+            "Notifications refused because of the request (4xx), by reason.",
+            &["source", "reason"],
+        );
+        let unavailable = counter_vec(
+            "notifications_unavailable_total",
+            "Notifications that could not be accepted durably (503), by reason.",
+            &["source", "reason"],
+        );
+        let request_duration = histogram(
+            "request_duration_seconds",
+            "Time from receiving a notification to answering it.",
+            &["source", "outcome"],
+        );
+        let publish_duration = histogram(
+            "publish_duration_seconds",
+            "Time for a sink to confirm a batch of notifications.",
+            &["sink"],
+        );
+        let published = counter_vec(
+            "sink_published_total",
+            "Notifications confirmed by a sink.",
+            &["sink"],
+        );
+        let publish_errors = counter_vec(
+            "sink_publish_errors_total",
+            "Failed publish attempts (retried), by sink.",
+            &["sink"],
+        );
+        let sink_up = IntGaugeVec::new(
+            Opts::new(
+                "sink_up",
+                "1 when the sink's last publish or health check succeeded.",
+            ),
+            &["sink"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(sink_up.clone()))
+            .expect("unique");
+
+        let spool_depth = int_gauge(
+            "spool_depth_records",
+            "Notifications in the spool not yet confirmed by every sink.",
+        );
+        let spool_bytes = int_gauge("spool_bytes", "Disk used by the spool's segment files.");
+        let spool_oldest_age = Gauge::new(
+            "spool_oldest_age_seconds",
+            "Age of the oldest notification not yet confirmed by every sink.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(spool_oldest_age.clone()))
+            .expect("unique");
+        let spool_appends = counter("spool_appends_total", "Records appended to the spool.");
+        let spool_fsyncs = counter(
+            "spool_fsyncs_total",
+            "fsync calls made by the spool; appends share them (group commit).",
+        );
+        let spool_recovered_bytes_dropped = counter(
+            "spool_recovery_dropped_bytes_total",
+            "Bytes of torn or corrupt spool records dropped during recovery.",
+        );
+        let dedup_entries = int_gauge("dedup_entries", "Ids held by the memory dedup backend.");
+        let dedup_commit_errors = counter(
+            "dedup_commit_errors_total",
+            "Durable notifications whose id could not be recorded as seen.",
+        );
+
+        let build_info = IntGaugeVec::new(
+            Opts::new("build_info", "Version of the running gateway; always 1."),
+            &["version"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(build_info.clone()))
+            .expect("unique");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("unique");
+
+        Self {
+            registry,
+            received,
+            accepted,
+            duplicates,
+            rejected,
+            unavailable,
+            request_duration,
+            publish_duration,
+            published,
+            publish_errors,
+            sink_up,
+            spool_depth,
+            spool_bytes,
+            spool_oldest_age,
+            spool_appends,
+            spool_fsyncs,
+            spool_recovered_bytes_dropped,
+            dedup_entries,
+            dedup_commit_errors,
+            known_object_types: Arc::default(),
+        }
+    }
+
+    pub fn received(&self, source: Source) {
+        self.received.with_label_values(&[source.as_str()]).inc();
+    }
+
+    pub fn accepted(&self, source: Source, object_type: &str) {
+        let label = self.object_type_label(object_type);
+        self.accepted
+            .with_label_values(&[source.as_str(), label])
+            .inc();
+    }
+
+    pub fn duplicate(&self, source: Source) {
+        self.duplicates.with_label_values(&[source.as_str()]).inc();
+    }
+
+    pub fn rejected(&self, source: Source, reason: &str) {
+        self.rejected
+            .with_label_values(&[source.as_str(), reason])
+            .inc();
+    }
+
+    pub fn unavailable(&self, source: Source, reason: &str) {
+        self.unavailable
+            .with_label_values(&[source.as_str(), reason])
+            .inc();
+    }
+
+    pub fn request_finished(&self, source: Source, outcome: Outcome, elapsed: Duration) {
+        self.request_duration
+            .with_label_values(&[source.as_str(), outcome.as_str()])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn sink_published(&self, sink: &str, count: usize, elapsed: Duration) {
+        self.published
+            .with_label_values(&[sink])
+            .inc_by(count as u64);
+        self.publish_duration
+            .with_label_values(&[sink])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn sink_publish_failed(&self, sink: &str) {
+        self.publish_errors.with_label_values(&[sink]).inc();
+    }
+
+    pub fn set_sink_up(&self, sink: &str, up: bool) {
+        self.sink_up.with_label_values(&[sink]).set(i64::from(up));
+    }
+
+    /// The object type as a label value, capped so a stream of odd types cannot blow up the series.
+    fn object_type_label<'a>(&self, object_type: &'a str) -> &'a str {
+        if self.known_object_types.read().contains(object_type) {
+            return object_type;
+        }
+        let mut known = self.known_object_types.write();
+        if known.len() < MAX_OBJECT_TYPE_LABELS {
+            known.insert(object_type.to_owned());
+            object_type
+        } else {
+            "other"
+        }
+    }
+
+    /// The registry in Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buffer)
+            .expect("text encoding cannot fail");
+        String::from_utf8(buffer).expect("Prometheus text is UTF-8")
+    }
+}

@@ -1,0 +1,47 @@
+//! `/health/live` (the process answers) and `/health/ready` (it can accept notifications durably:
+//! the spool is writable, every sink is connected, and it is not shutting down).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use actix_web::{web, HttpResponse};
+use serde_json::{json, Map, Value};
+
+use super::metrics::AdminState;
+
+pub async fn live() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "status": "live" }))
+}
+
+pub async fn ready(state: web::Data<AdminState>) -> HttpResponse {
+    let mut checks = Map::new();
+    let mut ready = !state.shutting_down.load(Ordering::Relaxed);
+    if !ready {
+        checks.insert("shutdown".into(), Value::from("in progress"));
+    }
+    if let Some(spool) = &state.spool {
+        let writable = spool.is_writable(state.max_body_bytes);
+        ready &= writable;
+        checks.insert(
+            "spool".into(),
+            Value::from(if writable { "ok" } else { "not writable" }),
+        );
+    }
+    for sink in &state.sinks {
+        let up = sink.is_up();
+        ready &= up;
+        checks.insert(
+            format!("sink:{}", sink.name()),
+            Value::from(if up { "ok" } else { "down" }),
+        );
+    }
+    let body = json!({ "status": if ready { "ready" } else { "not_ready" }, "checks": checks });
+    if ready {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+/// Set when shutdown starts, so the load balancer stops sending before the listener closes.
+pub type ShuttingDown = Arc<AtomicBool>;

@@ -1,0 +1,37 @@
+//! `GET /metrics`: the Prometheus text exposition, with gauges that are read at scrape time
+//! (spool depth and age, sink health, dedup size) refreshed first.
+
+use std::sync::Arc;
+
+use actix_web::{web, HttpResponse};
+
+use super::health::ShuttingDown;
+use crate::dedup::Deduplicator;
+use crate::metrics::Metrics;
+use crate::sink::Sink;
+use crate::spool::Spool;
+
+/// What the admin listener reads.
+pub struct AdminState {
+    pub metrics: Metrics,
+    pub spool: Option<Arc<Spool>>,
+    pub sinks: Vec<Arc<dyn Sink>>,
+    pub dedup: Arc<dyn Deduplicator>,
+    pub max_body_bytes: u64,
+    pub shutting_down: ShuttingDown,
+}
+
+pub async fn render(state: web::Data<AdminState>) -> HttpResponse {
+    if let Some(spool) = &state.spool {
+        spool.refresh_metrics();
+    }
+    for sink in &state.sinks {
+        state.metrics.set_sink_up(sink.name(), sink.is_up());
+    }
+    if let Some(entries) = state.dedup.entry_count() {
+        state.metrics.dedup_entries.set(entries as i64);
+    }
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(state.metrics.render())
+}

@@ -1,0 +1,113 @@
+//! The embedded default sink: appends each body, exactly as received, plus a newline to a local
+//! file (compact bodies, as Dataloy sends them, make it JSON Lines). Useful without any broker,
+//! and as the reference sink in tests.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+
+use super::{PublishError, Sink, SinkError};
+use crate::config::FileSinkSettings;
+use crate::notification::Notification;
+
+pub struct FileSink {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    fsync: bool,
+    file: Mutex<Option<File>>,
+    up: AtomicBool,
+}
+
+impl FileSink {
+    /// Creates the sink and checks that the file can be opened; a failure is reported (the sink
+    /// is down) but does not stop the gateway, which keeps spooling.
+    pub async fn new(settings: &FileSinkSettings) -> Self {
+        let inner = Arc::new(Inner {
+            path: settings.path.clone(),
+            fsync: settings.fsync,
+            file: Mutex::new(None),
+            up: AtomicBool::new(false),
+        });
+        let probe = inner.clone();
+        let opened = tokio::task::spawn_blocking(move || probe.ensure_open().map(|_| ()))
+            .await
+            .expect("file sink probe panicked");
+        match opened {
+            Ok(()) => inner.up.store(true, Ordering::Relaxed),
+            Err(e) => tracing::warn!(
+                sink = "file",
+                path = %settings.path.display(),
+                error = %e,
+                "file sink cannot open its file yet; notifications stay in the spool"
+            ),
+        }
+        Self { inner }
+    }
+}
+
+impl Inner {
+    fn ensure_open(&self) -> std::io::Result<parking_lot::MutexGuard<'_, Option<File>>> {
+        let mut file = self.file.lock();
+        if file.is_none() {
+            if let Some(parent) = self.path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                fs::create_dir_all(parent)?;
+            }
+            *file = Some(open_append(&self.path)?);
+        }
+        Ok(file)
+    }
+
+    fn append(&self, lines: &[u8]) -> Result<(), SinkError> {
+        let mut guard = self.ensure_open()?;
+        let file = guard.as_mut().expect("opened by ensure_open");
+        let length_before = file.metadata()?.len();
+        let written =
+            file.write_all(lines)
+                .and_then(|()| if self.fsync { file.sync_data() } else { Ok(()) });
+        if let Err(e) = written {
+            // Cut off a partial batch so the retry does not leave half a line behind.
+            let _ = file.set_len(length_before);
+            *guard = None;
+            return Err(e.into());
+        }
+        Ok(())
+    }
+}
+
+fn open_append(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+#[async_trait]
+impl Sink for FileSink {
+    fn name(&self) -> &'static str {
+        "file"
+    }
+
+    async fn publish(&self, batch: &[Notification]) -> Result<(), PublishError> {
+        let size = batch.iter().map(|n| n.body.len() + 1).sum();
+        let mut lines = Vec::with_capacity(size);
+        for notification in batch {
+            lines.extend_from_slice(&notification.body);
+            lines.push(b'\n');
+        }
+        let inner = self.inner.clone();
+        let result = tokio::task::spawn_blocking(move || inner.append(&lines))
+            .await
+            .unwrap_or_else(|e| Err(SinkError::Unavailable(e.to_string())));
+        self.inner.up.store(result.is_ok(), Ordering::Relaxed);
+        result.map_err(PublishError::none_confirmed)
+    }
+
+    fn is_up(&self) -> bool {
+        self.inner.up.load(Ordering::Relaxed)
+    }
+}

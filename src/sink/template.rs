@@ -1,0 +1,127 @@
+//! Routing templates such as `dataloy.{objectType}` or `{objectType}:{dataloyObject}`: parsed
+//! once at start-up (an unknown placeholder is a configuration error), rendered per message
+//! without re-reading the body.
+
+use std::fmt::Write;
+
+use crate::envelope::Envelope;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    ObjectType,
+    EventType,
+    DataloyObject,
+    Id,
+    SubscriptionKey,
+}
+
+impl Field {
+    const ALL: [(&'static str, Field); 5] = [
+        ("objectType", Field::ObjectType),
+        ("eventType", Field::EventType),
+        ("dataloyObject", Field::DataloyObject),
+        ("id", Field::Id),
+        ("subscriptionKey", Field::SubscriptionKey),
+    ];
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Literal(String),
+    Field(Field),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    parts: Vec<Part>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TemplateError {
+    #[error("has an unknown placeholder `{{{0}}}`; known: {{objectType}}, {{eventType}}, {{dataloyObject}}, {{id}}, {{subscriptionKey}}")]
+    UnknownField(String),
+    #[error("has an unclosed `{{`")]
+    Unclosed,
+}
+
+impl Template {
+    pub fn parse(text: &str) -> Result<Template, TemplateError> {
+        let mut parts = Vec::new();
+        let mut rest = text;
+        while let Some(open) = rest.find('{') {
+            if open > 0 {
+                parts.push(Part::Literal(rest[..open].to_owned()));
+            }
+            let after = &rest[open + 1..];
+            let close = after.find('}').ok_or(TemplateError::Unclosed)?;
+            let name = &after[..close];
+            let field = Field::ALL
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, f)| *f)
+                .ok_or_else(|| TemplateError::UnknownField(name.to_owned()))?;
+            parts.push(Part::Field(field));
+            rest = &after[close + 1..];
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Literal(rest.to_owned()));
+        }
+        Ok(Template { parts })
+    }
+
+    pub fn render(&self, envelope: &Envelope) -> String {
+        let mut out = String::with_capacity(64);
+        for part in &self.parts {
+            match part {
+                Part::Literal(text) => out.push_str(text),
+                Part::Field(Field::ObjectType) => out.push_str(&envelope.object_type),
+                Part::Field(Field::EventType) => out.push_str(envelope.event_type.as_str()),
+                Part::Field(Field::DataloyObject) => {
+                    let _ = write!(out, "{}", envelope.dataloy_object);
+                }
+                Part::Field(Field::Id) => out.push_str(envelope.id.as_str()),
+                Part::Field(Field::SubscriptionKey) => {
+                    if let Some(key) = envelope.subscription_key {
+                        let _ = write!(out, "{key}");
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether rendering depends on the envelope at all.
+    pub fn is_constant(&self) -> bool {
+        self.parts.iter().all(|p| matches!(p, Part::Literal(_)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_field() {
+        let body = include_bytes!("../../tests/fixtures/bunker-order-updated.json");
+        let env = Envelope::parse(body).unwrap();
+        let t = Template::parse("{objectType}.{eventType}:{dataloyObject}/{id}@{subscriptionKey}")
+            .unwrap();
+        assert_eq!(
+            t.render(&env),
+            "PortCall.U:189126972/1573335-244070007@243885046"
+        );
+        assert!(Template::parse("dataloy").unwrap().is_constant());
+    }
+
+    #[test]
+    fn rejects_unknown_and_unclosed() {
+        assert_eq!(
+            Template::parse("{nope}").unwrap_err(),
+            TemplateError::UnknownField("nope".into())
+        );
+        assert_eq!(
+            Template::parse("a{id").unwrap_err(),
+            TemplateError::Unclosed
+        );
+    }
+}

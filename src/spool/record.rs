@@ -1,0 +1,173 @@
+//! The on-disk record format: a length and a CRC-32 header, then the sequence number, the
+//! envelope fields the sinks route by, and the body. The CRC covers everything after the header,
+//! so a torn or corrupted record is recognised on recovery and never relayed.
+
+use bytes::Bytes;
+
+use crate::envelope::{Envelope, EventType, NotificationId};
+use crate::notification::Notification;
+
+/// Bytes before the payload: payload length (u32) and CRC-32 of the payload (u32).
+pub const HEADER_LEN: usize = 8;
+/// Largest payload a valid record can have; anything larger is corruption.
+pub const MAX_PAYLOAD_LEN: usize = 256 * 1024 * 1024;
+
+/// A notification read back from the spool, with its position in the log.
+#[derive(Debug, Clone)]
+pub struct SpoolRecord {
+    pub seq: u64,
+    pub notification: Notification,
+}
+
+/// Appends the encoded record to `out`.
+pub fn encode(seq: u64, notification: &Notification, out: &mut Vec<u8>) {
+    let env = &notification.envelope;
+    let start = out.len();
+    out.extend_from_slice(&[0u8; HEADER_LEN]);
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(&notification.received_at_ms.to_le_bytes());
+    out.push(env.event_type.as_str().as_bytes()[0]);
+    out.extend_from_slice(&env.dataloy_object.to_le_bytes());
+    match env.subscription_key {
+        Some(key) => {
+            out.push(1);
+            out.extend_from_slice(&key.to_le_bytes());
+        }
+        None => {
+            out.push(0);
+            out.extend_from_slice(&0i64.to_le_bytes());
+        }
+    }
+    for text in [env.id.as_str(), &env.object_type, &env.event_time] {
+        // Envelope validation bounds these far below u16::MAX.
+        out.extend_from_slice(&(text.len() as u16).to_le_bytes());
+        out.extend_from_slice(text.as_bytes());
+    }
+    out.extend_from_slice(&notification.body);
+    let payload_len = (out.len() - start - HEADER_LEN) as u32;
+    let crc = crc32fast::hash(&out[start + HEADER_LEN..]);
+    out[start..start + 4].copy_from_slice(&payload_len.to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Why bytes at some offset are not a record.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    /// Fewer bytes than the record claims: a torn write, or not yet read.
+    Incomplete { needed: usize },
+    /// The bytes are not a valid record.
+    Corrupt(&'static str),
+}
+
+/// Decodes the record at the start of `buf`; returns it and its encoded length.
+pub fn decode(buf: &[u8]) -> Result<(SpoolRecord, usize), DecodeError> {
+    if buf.len() < HEADER_LEN {
+        return Err(DecodeError::Incomplete { needed: HEADER_LEN });
+    }
+    let payload_len = u32::from_le_bytes(buf[0..4].try_into().unwrap()) as usize;
+    let crc = u32::from_le_bytes(buf[4..8].try_into().unwrap());
+    if payload_len > MAX_PAYLOAD_LEN || payload_len < 40 {
+        return Err(DecodeError::Corrupt("implausible record length"));
+    }
+    let total = HEADER_LEN + payload_len;
+    if buf.len() < total {
+        return Err(DecodeError::Incomplete { needed: total });
+    }
+    let payload = &buf[HEADER_LEN..total];
+    if crc32fast::hash(payload) != crc {
+        return Err(DecodeError::Corrupt("checksum mismatch"));
+    }
+    let mut cursor = Cursor(payload);
+    let seq = cursor.u64()?;
+    let received_at_ms = cursor.u64()?;
+    let event_type = cursor
+        .take(1)
+        .ok()
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .and_then(EventType::from_code)
+        .ok_or(DecodeError::Corrupt("bad event type"))?;
+    let dataloy_object = cursor.u64()? as i64;
+    let has_subscription_key = cursor.take(1)?[0] == 1;
+    let subscription_key = cursor.u64()? as i64;
+    let id = cursor.text()?;
+    let object_type = cursor.text()?;
+    let event_time = cursor.text()?;
+    let id = NotificationId::parse(&id).map_err(|_| DecodeError::Corrupt("bad id"))?;
+    let body = Bytes::copy_from_slice(cursor.0);
+    let envelope = Envelope {
+        id,
+        event_time,
+        object_type,
+        event_type,
+        dataloy_object,
+        subscription_key: has_subscription_key.then_some(subscription_key),
+    };
+    let notification = Notification {
+        envelope,
+        body,
+        received_at_ms,
+    };
+    Ok((SpoolRecord { seq, notification }, total))
+}
+
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if self.0.len() < n {
+            return Err(DecodeError::Corrupt("record shorter than its fields"));
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Ok(head)
+    }
+
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap()))
+    }
+
+    fn text(&mut self) -> Result<String, DecodeError> {
+        let len = u16::from_le_bytes(self.take(2)?.try_into().unwrap()) as usize;
+        let bytes = self.take(len)?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| DecodeError::Corrupt("field is not UTF-8"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Notification {
+        let body = Bytes::from_static(include_bytes!(
+            "../../tests/fixtures/bunker-order-updated.json"
+        ));
+        Notification::new(Envelope::parse(&body).unwrap(), body)
+    }
+
+    #[test]
+    fn round_trip() {
+        let n = sample();
+        let mut buf = Vec::new();
+        encode(42, &n, &mut buf);
+        let (record, len) = decode(&buf).unwrap();
+        assert_eq!(len, buf.len());
+        assert_eq!(record.seq, 42);
+        assert_eq!(record.notification, n);
+    }
+
+    #[test]
+    fn torn_and_flipped_records_are_detected() {
+        let mut buf = Vec::new();
+        encode(1, &sample(), &mut buf);
+        assert!(matches!(
+            decode(&buf[..buf.len() - 1]),
+            Err(DecodeError::Incomplete { .. })
+        ));
+        let last = buf.len() - 1;
+        buf[last] ^= 0x01;
+        assert_eq!(
+            decode(&buf).unwrap_err(),
+            DecodeError::Corrupt("checksum mismatch")
+        );
+    }
+}

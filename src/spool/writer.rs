@@ -1,0 +1,197 @@
+//! The spool's single writer thread. It takes every append waiting in its queue, writes them with
+//! one `write` and one `fdatasync`, then answers them all: concurrent requests share one fsync
+//! (group commit) instead of paying one each.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::record;
+use super::segment::{self, SegmentInfo};
+use super::{Shared, SpoolError};
+use crate::notification::Notification;
+
+/// Most appends written in one group; bounds the latency of the first one in the group.
+const MAX_GROUP: usize = 4096;
+
+type Reply = oneshot::Sender<Result<u64, SpoolError>>;
+
+pub(super) enum Command {
+    Append(Notification, Reply),
+    Close,
+}
+
+pub(super) struct Writer {
+    shared: Arc<Shared>,
+    file: File,
+    active_first_seq: u64,
+    active_len: u64,
+    next_seq: u64,
+    segment_bytes: u64,
+    /// Set after a failed write: the next group starts a fresh segment.
+    must_roll: bool,
+    buffer: Vec<u8>,
+}
+
+impl Writer {
+    pub(super) fn start(
+        shared: Arc<Shared>,
+        next_seq: u64,
+        segment_bytes: u64,
+    ) -> io::Result<Writer> {
+        let file = create_segment(&shared, next_seq)?;
+        Ok(Writer {
+            shared,
+            file,
+            active_first_seq: next_seq,
+            active_len: 0,
+            next_seq,
+            segment_bytes,
+            must_roll: false,
+            buffer: Vec::with_capacity(1 << 20),
+        })
+    }
+
+    pub(super) fn run(mut self, mut queue: mpsc::Receiver<Command>) {
+        let mut group = Vec::new();
+        'serve: while let Some(first) = queue.blocking_recv() {
+            let mut closing = false;
+            match first {
+                Command::Append(n, reply) => group.push((n, reply)),
+                Command::Close => closing = true,
+            }
+            while !closing && group.len() < MAX_GROUP {
+                match queue.try_recv() {
+                    Ok(Command::Append(n, reply)) => group.push((n, reply)),
+                    Ok(Command::Close) => closing = true,
+                    Err(_) => break,
+                }
+            }
+            self.write_group(&mut group);
+            if closing {
+                break 'serve;
+            }
+        }
+        queue.close();
+        // Appends that raced with Close are refused rather than left hanging.
+        while let Ok(Command::Append(_, reply)) = queue.try_recv() {
+            let _ = reply.send(Err(SpoolError::Closed));
+        }
+    }
+
+    fn write_group(&mut self, group: &mut Vec<(Notification, Reply)>) {
+        if group.is_empty() {
+            return;
+        }
+        if let Err(e) = self.roll_if_needed() {
+            tracing::error!(error = %e, "cannot start a new spool segment");
+            self.shared.write_ok.store(false, Ordering::Relaxed);
+            for (_, reply) in group.drain(..) {
+                let _ = reply.send(Err(SpoolError::Io(io::Error::new(e.kind(), e.to_string()))));
+            }
+            return;
+        }
+        self.buffer.clear();
+        let mut written = Vec::with_capacity(group.len());
+        let used = self.shared.disk_bytes.load(Ordering::Relaxed);
+        for (notification, reply) in group.drain(..) {
+            let before = self.buffer.len();
+            record::encode(self.next_seq, &notification, &mut self.buffer);
+            if used + self.buffer.len() as u64 > self.shared.max_bytes {
+                self.buffer.truncate(before);
+                let _ = reply.send(Err(SpoolError::Full));
+                continue;
+            }
+            written.push((self.next_seq, reply));
+            self.next_seq += 1;
+        }
+        let Some(&(last_seq, _)) = written.last() else {
+            return;
+        };
+        let outcome = self
+            .file
+            .write_all(&self.buffer)
+            .and_then(|()| self.file.sync_data());
+        match outcome {
+            Ok(()) => {
+                let len = self.buffer.len() as u64;
+                self.active_len += len;
+                self.shared.disk_bytes.fetch_add(len, Ordering::Relaxed);
+                self.update_active(|s| {
+                    s.durable_len += len;
+                    s.last_seq = last_seq;
+                });
+                self.shared.write_ok.store(true, Ordering::Relaxed);
+                self.shared.metrics.spool_fsyncs.inc();
+                self.shared
+                    .metrics
+                    .spool_appends
+                    .inc_by(written.len() as u64);
+                self.shared.durable_seq.send_replace(last_seq);
+                for (seq, reply) in written {
+                    let _ = reply.send(Ok(seq));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, records = written.len(), "spool write failed");
+                self.shared.write_ok.store(false, Ordering::Relaxed);
+                // Cut off whatever part of the group reached the file, and continue in a fresh
+                // segment: after a failed fsync the state of the old file cannot be trusted.
+                if let Err(e) = self.file.set_len(self.active_len) {
+                    tracing::error!(error = %e, "cannot cut back a failed spool write");
+                }
+                self.must_roll = true;
+                for (_, reply) in written {
+                    let _ =
+                        reply.send(Err(SpoolError::Io(io::Error::new(e.kind(), e.to_string()))));
+                }
+            }
+        }
+    }
+
+    fn roll_if_needed(&mut self) -> io::Result<()> {
+        let full = self.active_len >= self.segment_bytes;
+        if !(full || self.must_roll) || self.next_seq == self.active_first_seq {
+            return Ok(());
+        }
+        let file = create_segment(&self.shared, self.next_seq)?;
+        self.update_active(|s| s.closed = true);
+        self.file = file;
+        self.active_first_seq = self.next_seq;
+        self.active_len = 0;
+        self.must_roll = false;
+        Ok(())
+    }
+
+    fn update_active(&self, change: impl FnOnce(&mut SegmentInfo)) {
+        let mut segments = self.shared.segments.lock();
+        if let Some(active) = segments
+            .iter_mut()
+            .rev()
+            .find(|s| s.first_seq == self.active_first_seq)
+        {
+            change(active);
+        }
+    }
+}
+
+fn create_segment(shared: &Shared, first_seq: u64) -> io::Result<File> {
+    let path = segment::path_for(&shared.dir, first_seq);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&path)?;
+    segment::sync_dir(&shared.dir)?;
+    shared.segments.lock().push(SegmentInfo {
+        first_seq,
+        path,
+        durable_len: 0,
+        last_seq: 0,
+        closed: false,
+    });
+    Ok(file)
+}

@@ -1,0 +1,223 @@
+//! Wiring: `Application::build` opens the spool, builds the dedup backend and sinks, binds both
+//! listeners (port 0 works, for tests) and starts the relay; `run_until_stopped` serves until
+//! SIGTERM/SIGINT or a [`StopHandle`], then shuts down in order: stop accepting, finish in-flight
+//! requests, stop the relay, flush the spool.
+
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use actix_web::dev::Server;
+use actix_web::{web, App, HttpServer};
+use anyhow::Context;
+use tokio::sync::watch;
+
+use crate::auth::Authenticator;
+use crate::config::Settings;
+use crate::dedup::{Deduplicator, MemoryDedup};
+use crate::ingest::{Durability, Ingest};
+use crate::metrics::Metrics;
+use crate::relay::Relay;
+use crate::routes::{error, health, metrics, webhook};
+use crate::sink::{self, Sink};
+use crate::spool::{Spool, SpoolOptions};
+
+pub struct Application {
+    port: u16,
+    admin_port: u16,
+    server: Server,
+    admin: Server,
+    spool: Option<Arc<Spool>>,
+    sinks: Vec<Arc<dyn Sink>>,
+    relay: Option<tokio::task::JoinHandle<()>>,
+    stop_relay: watch::Sender<bool>,
+    stop_requested: watch::Sender<bool>,
+    shutting_down: Arc<AtomicBool>,
+}
+
+/// Asks a running application to shut down gracefully (what SIGTERM does).
+#[derive(Clone)]
+pub struct StopHandle(watch::Sender<bool>);
+
+impl StopHandle {
+    pub fn stop(&self) {
+        self.0.send_replace(true);
+    }
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        let metrics = Metrics::new();
+        let sinks = sink::build_all(&settings.sinks).await?;
+        let dedup: Arc<dyn Deduplicator> = Arc::new(MemoryDedup::new(settings.dedup.max_entries));
+
+        let spool = if settings.spool.enabled {
+            let options = SpoolOptions {
+                dir: settings.spool.dir.clone(),
+                max_bytes: settings.spool.max_bytes.bytes(),
+                segment_bytes: settings.spool.segment_bytes.bytes(),
+            };
+            let spool = Spool::open(options, metrics.clone()).with_context(|| {
+                format!("cannot open spool.dir {}", settings.spool.dir.display())
+            })?;
+            Some(Arc::new(spool))
+        } else {
+            None
+        };
+        let durability = match &spool {
+            Some(spool) => Durability::Spool(spool.clone()),
+            None => Durability::Direct(sinks.clone()),
+        };
+        let ingest = Arc::new(Ingest::new(
+            dedup.clone(),
+            durability,
+            settings.dedup.clone(),
+            metrics.clone(),
+        ));
+
+        let (stop_relay, relay_stopped) = watch::channel(false);
+        let relay = spool.as_ref().map(|spool| {
+            let relay = Relay::new(
+                spool.clone(),
+                sinks.clone(),
+                settings.relay.clone(),
+                metrics.clone(),
+            );
+            tokio::spawn(relay.run(relay_stopped))
+        });
+
+        let listener = TcpListener::bind(settings.server_addr())
+            .with_context(|| format!("cannot bind server.bind {}", settings.server.bind))?;
+        let admin_listener = TcpListener::bind(settings.admin_addr())
+            .with_context(|| format!("cannot bind admin.bind {}", settings.admin.bind))?;
+        let port = listener.local_addr()?.port();
+        let admin_port = admin_listener.local_addr()?.port();
+
+        let webhook_state = web::Data::new(webhook::WebhookState {
+            ingest,
+            auth: Authenticator::from_settings(&settings.auth),
+            max_body_bytes: settings.server.max_body_bytes.bytes() as usize,
+            body_timeout: settings.server.client_timeout,
+            retry_after_seconds: settings.server.retry_after_seconds,
+            metrics: metrics.clone(),
+        });
+        let workers = settings
+            .server
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(webhook_state.clone())
+                .route("/webhooks/dataloy", web::post().to(webhook::receive))
+                .default_service(web::to(error::not_found))
+        })
+        .workers(workers)
+        .client_request_timeout(settings.server.client_timeout)
+        .shutdown_timeout(settings.server.shutdown_timeout.as_secs())
+        .disable_signals()
+        .listen(listener)?
+        .run();
+
+        let shutting_down = Arc::new(AtomicBool::new(false));
+        let admin_state = web::Data::new(metrics::AdminState {
+            metrics,
+            spool: spool.clone(),
+            sinks: sinks.clone(),
+            dedup,
+            max_body_bytes: settings.server.max_body_bytes.bytes(),
+            shutting_down: shutting_down.clone(),
+        });
+        let admin = HttpServer::new(move || {
+            App::new()
+                .app_data(admin_state.clone())
+                .route("/metrics", web::get().to(metrics::render))
+                .route("/health/live", web::get().to(health::live))
+                .route("/health/ready", web::get().to(health::ready))
+                .default_service(web::to(error::not_found))
+        })
+        .workers(1)
+        .disable_signals()
+        .listen(admin_listener)?
+        .run();
+
+        tracing::info!(
+            server = %settings.server.bind,
+            port,
+            admin_port,
+            spool = settings.spool.enabled,
+            sinks = ?sinks.iter().map(|s| s.name()).collect::<Vec<_>>(),
+            "dataloy-gateway listening"
+        );
+        let (stop_requested, _) = watch::channel(false);
+        Ok(Application {
+            port,
+            admin_port,
+            server,
+            admin,
+            spool,
+            sinks,
+            relay,
+            stop_relay,
+            stop_requested,
+            shutting_down,
+        })
+    }
+
+    /// Port of the notification listener (useful with `server.bind = "127.0.0.1:0"`).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Port of the admin listener.
+    pub fn admin_port(&self) -> u16 {
+        self.admin_port
+    }
+
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle(self.stop_requested.clone())
+    }
+
+    /// Serves until a signal or a [`StopHandle`] asks to stop, then shuts down gracefully.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let server_handle = self.server.handle();
+        let admin_handle = self.admin.handle();
+        let mut server = tokio::spawn(self.server);
+        let admin = tokio::spawn(self.admin);
+        let mut stop_requested = self.stop_requested.subscribe();
+
+        tokio::select! {
+            result = &mut server => {
+                result.context("notification listener panicked")?.context("notification listener failed")?;
+            }
+            _ = stop_requested.wait_for(|stop| *stop) => tracing::info!("stop requested"),
+            signal = shutdown_signal() => tracing::info!(signal, "signal received; shutting down"),
+        }
+
+        self.shutting_down.store(true, Ordering::Relaxed);
+        server_handle.stop(true).await;
+        let _ = server.await;
+        self.stop_relay.send_replace(true);
+        if let Some(relay) = self.relay {
+            let _ = relay.await;
+        }
+        if let Some(spool) = &self.spool {
+            spool.close().await;
+        }
+        for sink in &self.sinks {
+            sink.close().await;
+        }
+        admin_handle.stop(true).await;
+        let _ = admin.await;
+        tracing::info!("dataloy-gateway stopped");
+        Ok(())
+    }
+}
+
+async fn shutdown_signal() -> &'static str {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("can install a SIGTERM handler");
+    tokio::select! {
+        _ = terminate.recv() => "SIGTERM",
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+    }
+}
