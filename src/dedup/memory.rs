@@ -80,7 +80,7 @@ impl Deduplicator for MemoryDedup {
         let key = Self::key(id);
         let now = self.now_ms();
         let mut table = self.table.lock();
-        table.evict(now, self.max_entries);
+        table.evict(now, usize::MAX);
         if let Some(entry) = table.entries.get(&key) {
             if entry.expires_ms > now {
                 return Ok(if entry.token == COMMITTED {
@@ -90,6 +90,7 @@ impl Deduplicator for MemoryDedup {
                 });
             }
         }
+        table.evict(now, self.max_entries);
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         let expires_ms = now + lease.as_millis() as u64;
         table.entries.insert(key, Entry { expires_ms, token });

@@ -164,13 +164,9 @@ impl SpoolReader {
     /// current segment is gone (deleted after acknowledgement) the reader moves to the next one.
     fn position(&mut self) -> Option<Position> {
         let segments = self.shared.segments.lock();
-        let index = match segments
+        let index = segments
             .iter()
-            .position(|s| s.first_seq >= self.segment_first_seq)
-        {
-            Some(i) => i,
-            None => return None,
-        };
+            .position(|s| s.first_seq >= self.segment_first_seq)?;
         let segment = &segments[index];
         if segment.first_seq != self.segment_first_seq {
             self.segment_first_seq = segment.first_seq;

@@ -66,7 +66,7 @@ pub fn decode(buf: &[u8]) -> Result<(SpoolRecord, usize), DecodeError> {
     }
     let payload_len = u32::from_le_bytes(buf[0..4].try_into().unwrap()) as usize;
     let crc = u32::from_le_bytes(buf[4..8].try_into().unwrap());
-    if payload_len > MAX_PAYLOAD_LEN || payload_len < 40 {
+    if !(40..=MAX_PAYLOAD_LEN).contains(&payload_len) {
         return Err(DecodeError::Corrupt("implausible record length"));
     }
     let total = HEADER_LEN + payload_len;

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs and starts what the tests need, checks
+# formatting and lints, then runs every test. `.ci/run` calls exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== formatting and lints"
+cargo fmt --all -- --check
+cargo clippy --all-targets -- -D warnings
+
+echo "== tests"
+cargo test

@@ -1,0 +1,165 @@
+//! Failure paths between receipt and delivery: a failing sink loses nothing, a failing spool
+//! releases the dedup claim so the sender's retry is accepted, and a restart resumes from the
+//! cursor.
+
+use std::path::Path;
+
+use dataloy_gateway::config::ByteSize;
+use serde_json::Value;
+
+use crate::helpers::*;
+
+/// Makes the file sink fail for real: its directory's place is taken by a regular file.
+fn block_sink_dir(events_path: &Path) {
+    std::fs::write(events_path.parent().unwrap(), b"not a directory").unwrap();
+}
+
+fn unblock_sink_dir(events_path: &Path) {
+    std::fs::remove_file(events_path.parent().unwrap()).unwrap();
+}
+
+#[tokio::test]
+async fn a_failing_sink_loses_nothing_and_readiness_says_so() {
+    // Arrange: the sink cannot write.
+    let app = spawn_app_with(|_, dir| block_sink_dir(&dir.join("out/events.jsonl"))).await;
+
+    // Act
+    let mut statuses = Vec::new();
+    for i in 0..5 {
+        statuses.push(
+            app.post(sample_with_id(&format!("held-{i}")))
+                .await
+                .status(),
+        );
+    }
+
+    // Assert: accepted into the spool, sink reported down, nothing lost once it recovers.
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert!(eventually(|| async { app.ready_status().await == 503 }).await);
+    assert!(
+        app.metric("dataloy_gateway_sink_publish_errors_total{sink=\"file\"}")
+            .await
+            >= 1.0
+    );
+    assert_eq!(
+        app.metric("dataloy_gateway_sink_up{sink=\"file\"}").await,
+        0.0
+    );
+    assert_eq!(app.metric("dataloy_gateway_spool_depth_records").await, 5.0);
+
+    unblock_sink_dir(&app.events_path);
+    let events = app.wait_for_events(5).await;
+    assert_eq!(
+        ids_of(&events),
+        ["held-0", "held-1", "held-2", "held-3", "held-4"]
+    );
+    assert!(eventually(|| async { app.ready_status().await == 200 }).await);
+    assert!(
+        eventually(|| async { app.metric("dataloy_gateway_spool_depth_records").await == 0.0 })
+            .await
+    );
+}
+
+#[tokio::test]
+async fn a_full_spool_answers_503_and_releases_the_claim_so_the_retry_is_accepted() {
+    // Arrange: a tiny spool and a sink that cannot drain it.
+    let app = spawn_app_with(|s, dir| {
+        s.server.max_body_bytes = ByteSize(8 * 1024);
+        s.spool.segment_bytes = ByteSize(4096);
+        s.spool.max_bytes = ByteSize(24 * 1024);
+        block_sink_dir(&dir.join("out/events.jsonl"));
+    })
+    .await;
+
+    // Act: fill the spool until it refuses.
+    let mut accepted = Vec::new();
+    let mut refused = None;
+    for i in 0..20 {
+        let id = format!("fill-{i}");
+        let response = app.post(sample_with_id(&id)).await;
+        if response.status() == 503 {
+            assert_eq!(response.headers()["retry-after"], "5");
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "unavailable");
+            refused = Some(id);
+            break;
+        }
+        assert_eq!(response.status(), 200);
+        accepted.push(id);
+    }
+    let refused = refused.expect("the spool filled up");
+    assert_eq!(app.ready_status().await, 503);
+    assert_eq!(
+        app.metric("dataloy_gateway_notifications_unavailable_total{reason=\"spool_full\",source=\"webhook\"}")
+            .await,
+        1.0
+    );
+
+    // Assert: once the sink drains the spool, Dataloy's retry of the refused id is accepted.
+    unblock_sink_dir(&app.events_path);
+    app.wait_for_events(accepted.len()).await;
+    assert!(eventually(|| async { app.ready_status().await == 200 }).await);
+    let retry = app.post(sample_with_id(&refused)).await;
+    assert_eq!(retry.status(), 200);
+    let body: Value = retry.json().await.unwrap();
+    let retry_status = body["status"].as_str().unwrap();
+    assert_eq!(retry_status, "accepted");
+    let events = app.wait_for_events(accepted.len() + 1).await;
+    let mut expected = accepted.clone();
+    expected.push(refused);
+    assert_eq!(ids_of(&events), expected);
+}
+
+#[tokio::test]
+async fn without_the_spool_a_failing_sink_gets_503_and_the_retry_is_accepted() {
+    let app = spawn_app_with(|s, dir| {
+        s.spool.enabled = false;
+        block_sink_dir(&dir.join("out/events.jsonl"));
+    })
+    .await;
+
+    let failed = app.post(sample_with_id("direct-1")).await;
+    unblock_sink_dir(&app.events_path);
+    let retried = app.post(sample_with_id("direct-1")).await;
+    let duplicate = app.post(sample_with_id("direct-1")).await;
+
+    assert_eq!(failed.status(), 503);
+    assert!(failed.headers().contains_key("retry-after"));
+    assert_eq!(retried.status(), 200);
+    let body: Value = retried.json().await.unwrap();
+    assert_eq!(body["status"], "accepted");
+    let body: Value = duplicate.json().await.unwrap();
+    assert_eq!(body["status"], "duplicate");
+    // Confirmed before the answer: the body is already in the file.
+    assert_eq!(ids_of(&read_events(&app.events_path)), ["direct-1"]);
+}
+
+#[tokio::test]
+async fn a_graceful_restart_resumes_from_the_cursor_without_republishing() {
+    let app = spawn_app_with(|_, dir| block_sink_dir(&dir.join("out/events.jsonl"))).await;
+    let dir = app.dir.path().to_owned();
+    for i in 0..3 {
+        assert_eq!(
+            app.post(sample_with_id(&format!("r-{i}"))).await.status(),
+            200
+        );
+    }
+    let kept = app.stop().await;
+
+    unblock_sink_dir(&dir.join("out/events.jsonl"));
+    let settings_dir = kept.path().to_owned();
+    let app = spawn_app_with(move |s, _| {
+        s.spool.dir = settings_dir.join("spool");
+        s.sinks.file.as_mut().unwrap().path = settings_dir.join("out/events.jsonl");
+    })
+    .await;
+    assert_eq!(ids_of(&app.wait_for_events(3).await), ["r-0", "r-1", "r-2"]);
+    assert_eq!(app.post(sample_with_id("r-3")).await.status(), 200);
+    let _kept_alive = kept;
+    let app_dir = app.stop().await;
+    drop(app_dir);
+    assert_eq!(
+        ids_of(&read_events(&dir.join("out/events.jsonl"))),
+        ["r-0", "r-1", "r-2", "r-3"]
+    );
+}

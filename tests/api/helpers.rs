@@ -1,0 +1,210 @@
+//! `spawn_app()` and the other helpers every test shares.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use dataloy_gateway::config::{
+    ByteSize, FileSinkSettings, LogSettings, ServerSettings, Settings, SinksSettings, SpoolSettings,
+};
+use dataloy_gateway::startup::{Application, StopHandle};
+use tempfile::TempDir;
+
+pub const UPDATED: &[u8] = include_bytes!("../fixtures/bunker-order-updated.json");
+pub const ALERT: &[u8] = include_bytes!("../fixtures/bunker-order-line-alert-script.json");
+const UPDATED_ID: &str = "1573335-244070007";
+
+/// The documented `bunker-order-updated` sample with its id replaced.
+pub fn sample_with_id(id: &str) -> Vec<u8> {
+    let text = std::str::from_utf8(UPDATED).unwrap();
+    let replaced = text.replacen(UPDATED_ID, id, 1);
+    assert_ne!(replaced, text, "sample id not found");
+    replaced.into_bytes()
+}
+
+/// A minimal valid envelope with the given id.
+pub fn minimal(id: &str) -> String {
+    format!(
+        r#"{{"id":"{id}","eventTime":"2016-09-14T13:37:26","objectType":"PortCall","eventType":"U","dataloyObject":1,"subscription":{{"key":2}},"resource":{{"key":1}}}}"#
+    )
+}
+
+/// Settings for a gateway confined to `dir`, on ephemeral ports, with the file sink.
+pub fn test_settings(dir: &Path) -> Settings {
+    Settings {
+        server: ServerSettings {
+            bind: "127.0.0.1:0".into(),
+            workers: Some(2),
+            ..ServerSettings::default()
+        },
+        admin: dataloy_gateway::config::AdminSettings {
+            bind: "127.0.0.1:0".into(),
+        },
+        spool: SpoolSettings {
+            dir: dir.join("spool"),
+            max_bytes: ByteSize(64 << 20),
+            segment_bytes: ByteSize(1 << 20),
+            ..SpoolSettings::default()
+        },
+        sinks: SinksSettings {
+            file: Some(FileSinkSettings {
+                path: dir.join("out/events.jsonl"),
+                fsync: true,
+            }),
+        },
+        log: LogSettings::default(),
+        relay: dataloy_gateway::config::RelaySettings {
+            retry_initial_backoff: Duration::from_millis(20),
+            retry_max_backoff: Duration::from_millis(200),
+            ..Default::default()
+        },
+        ..Settings::default()
+    }
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub admin_address: String,
+    pub client: reqwest::Client,
+    pub dir: TempDir,
+    pub events_path: PathBuf,
+    stop: StopHandle,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_, _| {}).await
+}
+
+/// Starts a gateway with the test settings, changed by `customize`.
+pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings, &Path)) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = test_settings(dir.path());
+    customize(&mut settings, dir.path());
+    settings.validate().expect("test settings are valid");
+    let events_path = settings
+        .sinks
+        .file
+        .as_ref()
+        .map(|f| f.path.clone())
+        .unwrap_or_default();
+    let app = Application::build(settings).await.expect("app builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let admin_address = format!("http://127.0.0.1:{}", app.admin_port());
+    let stop = app.stop_handle();
+    let task = tokio::spawn(app.run_until_stopped());
+    TestApp {
+        address,
+        admin_address,
+        client: reqwest::Client::new(),
+        dir,
+        events_path,
+        stop,
+        task: Some(task),
+    }
+}
+
+impl TestApp {
+    pub async fn post(&self, body: impl Into<reqwest::Body>) -> reqwest::Response {
+        self.client
+            .post(format!("{}/webhooks/dataloy", self.address))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.admin_address))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// The value of the sample `name` (with labels, as printed) in `/metrics`, 0 when absent.
+    pub async fn metric(&self, name: &str) -> f64 {
+        metric_value(&self.metrics().await, name)
+    }
+
+    pub async fn ready_status(&self) -> u16 {
+        self.client
+            .get(format!("{}/health/ready", self.admin_address))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    /// Waits until the file sink holds `count` bodies, and returns them.
+    pub async fn wait_for_events(&self, count: usize) -> Vec<serde_json::Value> {
+        wait_for_events(&self.events_path, count).await
+    }
+
+    /// Stops gracefully and waits for the shutdown to finish.
+    pub async fn stop(mut self) -> TempDir {
+        self.stop.stop();
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+        self.dir
+    }
+}
+
+pub fn metric_value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|line| {
+            let value = line.strip_prefix(name)?.strip_prefix(' ')?;
+            value.trim().parse().ok()
+        })
+        .unwrap_or(0.0)
+}
+
+/// The bodies in a file sink's output, parsed as a stream of JSON values (bodies may span lines).
+pub fn read_events(path: &Path) -> Vec<serde_json::Value> {
+    let Ok(bytes) = std::fs::read(path) else {
+        return Vec::new();
+    };
+    serde_json::Deserializer::from_slice(&bytes)
+        .into_iter::<serde_json::Value>()
+        .map(|v| v.expect("file sink output is JSON"))
+        .collect()
+}
+
+pub async fn wait_for_events(path: &Path, count: usize) -> Vec<serde_json::Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let events = read_events(path);
+        if events.len() >= count || tokio::time::Instant::now() > deadline {
+            return events;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls `condition` until it holds or 20 s pass; returns whether it held.
+pub async fn eventually<F, Fut>(mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while tokio::time::Instant::now() < deadline {
+        if condition().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+pub fn ids_of(events: &[serde_json::Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect()
+}

@@ -1,0 +1,12 @@
+//! Integration tests: the real server on port 0, real files, the real binary where a test needs
+//! a process to kill.
+
+mod admin;
+mod config;
+mod crash;
+mod dedup;
+mod durability;
+mod helpers;
+mod spool;
+mod validation;
+mod webhook;

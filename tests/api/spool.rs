@@ -1,0 +1,223 @@
+//! The spool on its own: group commit, order, acknowledgement and cleanup, and recovery from a
+//! torn or corrupted segment.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use dataloy_gateway::envelope::Envelope;
+use dataloy_gateway::metrics::Metrics;
+use dataloy_gateway::notification::Notification;
+use dataloy_gateway::spool::{Spool, SpoolError, SpoolOptions};
+
+use crate::helpers::{metric_value, sample_with_id};
+
+fn notification(id: &str) -> Notification {
+    let body = Bytes::from(sample_with_id(id));
+    Notification::new(Envelope::parse(&body).unwrap(), body)
+}
+
+fn open(dir: &Path, segment_bytes: u64, metrics: &Metrics) -> Spool {
+    Spool::open(
+        SpoolOptions {
+            dir: dir.to_owned(),
+            max_bytes: 64 << 20,
+            segment_bytes,
+        },
+        metrics.clone(),
+    )
+    .unwrap()
+}
+
+fn segment_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    files.sort();
+    files
+}
+
+async fn read_ids(spool: &Spool, max: usize) -> Vec<String> {
+    spool
+        .reader()
+        .read_available(max)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.notification.envelope.id.to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_share_fsyncs_and_keep_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Metrics::new();
+    let spool = Arc::new(open(dir.path(), 1 << 20, &metrics));
+
+    let appends = (0..200).map(|i| {
+        let spool = spool.clone();
+        async move { spool.append(notification(&format!("g-{i}"))).await.unwrap() }
+    });
+    let mut seqs = futures::future::join_all(appends).await;
+
+    seqs.sort();
+    seqs.dedup();
+    assert_eq!(seqs.len(), 200, "every append got its own sequence number");
+    let text = metrics.render();
+    let fsyncs = metric_value(&text, "dataloy_gateway_spool_fsyncs_total");
+    assert_eq!(
+        metric_value(&text, "dataloy_gateway_spool_appends_total"),
+        200.0
+    );
+    assert!(
+        fsyncs < 200.0,
+        "group commit shared fsyncs: {fsyncs} for 200 appends"
+    );
+    let records = spool.reader().read_available(1000).unwrap();
+    assert_eq!(records.len(), 200);
+    assert!(records.windows(2).all(|w| w[0].seq < w[1].seq));
+}
+
+#[tokio::test]
+async fn acknowledged_segments_are_deleted_and_a_reopen_resumes_after_the_cursor() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Metrics::new();
+    let spool = open(dir.path(), 4096, &metrics);
+    let mut seqs = Vec::new();
+    for i in 0..10 {
+        seqs.push(spool.append(notification(&format!("a-{i}"))).await.unwrap());
+    }
+    assert!(segment_files(dir.path()).len() >= 5, "small segments roll");
+
+    spool.acknowledge(seqs[6]).await.unwrap();
+    spool.close().await;
+    drop(spool);
+
+    let reopened = open(dir.path(), 4096, &metrics);
+    assert_eq!(read_ids(&reopened, 100).await, ["a-7", "a-8", "a-9"]);
+    assert!(
+        segment_files(dir.path()).len() <= 4,
+        "relayed segments deleted"
+    );
+}
+
+#[tokio::test]
+async fn a_torn_tail_is_cut_off_reported_and_the_spool_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Metrics::new();
+    let spool = open(dir.path(), 1 << 20, &metrics);
+    for i in 0..3 {
+        spool.append(notification(&format!("t-{i}"))).await.unwrap();
+    }
+    spool.close().await;
+    drop(spool);
+    // A crash mid-write leaves half a record at the end of the segment.
+    let segment = segment_files(dir.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let whole = bytes.len();
+    let half_record = bytes[..100].to_vec();
+    bytes.extend_from_slice(&half_record);
+    std::fs::write(&segment, &bytes).unwrap();
+
+    let reopened = open(dir.path(), 1 << 20, &metrics);
+    reopened.append(notification("t-after")).await.unwrap();
+
+    assert_eq!(
+        read_ids(&reopened, 100).await,
+        ["t-0", "t-1", "t-2", "t-after"]
+    );
+    assert_eq!(std::fs::metadata(&segment).unwrap().len() as usize, whole);
+    assert_eq!(
+        metric_value(
+            &metrics.render(),
+            "dataloy_gateway_spool_recovery_dropped_bytes_total"
+        ),
+        100.0
+    );
+}
+
+#[tokio::test]
+async fn a_corrupted_record_is_detected_and_only_what_follows_it_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Metrics::new();
+    let spool = open(dir.path(), 1 << 20, &metrics);
+    let mut record_len = 0;
+    for i in 0..4 {
+        spool.append(notification(&format!("c-{i}"))).await.unwrap();
+        if i == 0 {
+            record_len = std::fs::metadata(segment_files(dir.path())[0].clone())
+                .unwrap()
+                .len();
+        }
+    }
+    spool.close().await;
+    drop(spool);
+    let segment = segment_files(dir.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    bytes[record_len as usize * 2 + 200] ^= 0xff; // inside the third record's body
+    std::fs::write(&segment, &bytes).unwrap();
+
+    let reopened = open(dir.path(), 1 << 20, &metrics);
+    reopened.append(notification("c-after")).await.unwrap();
+
+    assert_eq!(read_ids(&reopened, 100).await, ["c-0", "c-1", "c-after"]);
+    assert!(
+        metric_value(
+            &metrics.render(),
+            "dataloy_gateway_spool_recovery_dropped_bytes_total"
+        ) >= record_len as f64 * 2.0
+    );
+}
+
+#[tokio::test]
+async fn a_full_spool_refuses_and_recovers_when_space_is_freed() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Metrics::new();
+    let spool = Spool::open(
+        SpoolOptions {
+            dir: dir.path().to_owned(),
+            max_bytes: 16 * 1024,
+            segment_bytes: 4096,
+        },
+        metrics,
+    )
+    .unwrap();
+    let mut last = 0;
+    let mut full = false;
+    for i in 0..10 {
+        match spool.append(notification(&format!("f-{i}"))).await {
+            Ok(seq) => last = seq,
+            Err(SpoolError::Full) => {
+                full = true;
+                break;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(full);
+    assert!(!spool.is_writable(4096));
+
+    spool.acknowledge(last).await.unwrap();
+
+    assert!(spool.is_writable(4096));
+    spool.append(notification("f-later")).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_second_gateway_cannot_open_the_same_spool() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Metrics::new();
+    let _first = open(dir.path(), 1 << 20, &metrics);
+
+    let second = Spool::open(
+        SpoolOptions {
+            dir: dir.path().to_owned(),
+            max_bytes: 64 << 20,
+            segment_bytes: 1 << 20,
+        },
+        metrics,
+    );
+
+    assert!(matches!(second, Err(SpoolError::Locked(_))));
+}
