@@ -8,5 +8,8 @@ echo "== formatting and lints"
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 
+echo "== services"
+source scripts/services.sh
+
 echo "== tests"
 cargo test

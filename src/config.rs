@@ -2,12 +2,15 @@
 //! `DATALOY_GATEWAY__SECTION__KEY` environment variables) and validated once at start-up, so a
 //! mistake is reported with the key that holds it instead of surfacing as a runtime failure.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
+
+use crate::sink::template::Template;
 
 /// Prefix of environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "DATALOY_GATEWAY";
@@ -208,7 +211,74 @@ impl Default for RelaySettings {
 #[serde(deny_unknown_fields)]
 pub struct SinksSettings {
     pub file: Option<FileSinkSettings>,
+    pub kafka: Option<KafkaSinkSettings>,
 }
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum KafkaCompression {
+    None,
+    Gzip,
+    Snappy,
+    #[default]
+    Lz4,
+    Zstd,
+}
+
+impl KafkaCompression {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KafkaCompression::None => "none",
+            KafkaCompression::Gzip => "gzip",
+            KafkaCompression::Snappy => "snappy",
+            KafkaCompression::Lz4 => "lz4",
+            KafkaCompression::Zstd => "zstd",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaSinkSettings {
+    /// Comma-separated bootstrap servers.
+    pub brokers: String,
+    /// Topic template, e.g. `dataloy.{objectType}`.
+    pub topic: String,
+    /// Key template; the default keeps one object's events in one partition, in order.
+    pub key: String,
+    pub compression: KafkaCompression,
+    #[serde(with = "humantime_serde")]
+    pub linger: Duration,
+    /// Largest batch librdkafka sends to one partition at once.
+    pub batch_size: ByteSize,
+    /// How long librdkafka tries to deliver before reporting a failure (the relay then retries).
+    #[serde(with = "humantime_serde")]
+    pub message_timeout: Duration,
+    /// How often the broker is probed for `/health/ready`.
+    #[serde(with = "humantime_serde")]
+    pub health_interval: Duration,
+    /// Any other librdkafka property (`security.protocol`, `sasl.mechanism`, `ssl.ca.location`…).
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaSinkSettings {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".into(),
+            topic: "dataloy.{objectType}".into(),
+            key: "{objectType}:{dataloyObject}".into(),
+            compression: KafkaCompression::default(),
+            linger: Duration::from_millis(5),
+            batch_size: ByteSize(1_000_000),
+            message_timeout: Duration::from_secs(30),
+            health_interval: Duration::from_secs(5),
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+/// librdkafka properties the gateway's guarantees depend on; they cannot be overridden.
+const KAFKA_FIXED_PROPERTIES: &[&str] = &["enable.idempotence", "acks", "bootstrap.servers"];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -385,6 +455,9 @@ impl Settings {
                 return Err(invalid("sinks.file.path", "must not be empty"));
             }
         }
+        if let Some(kafka) = &self.sinks.kafka {
+            validate_kafka(kafka)?;
+        }
         if !self.sinks.any() {
             return Err(invalid(
                 "sinks",
@@ -448,8 +521,50 @@ impl Settings {
 
 impl SinksSettings {
     pub fn any(&self) -> bool {
-        self.file.is_some()
+        self.file.is_some() || self.kafka.is_some()
     }
+}
+
+fn validate_kafka(kafka: &KafkaSinkSettings) -> Result<(), ConfigError> {
+    if kafka.brokers.split(',').all(|b| b.trim().is_empty()) {
+        return Err(invalid(
+            "sinks.kafka.brokers",
+            "must list at least one host:port",
+        ));
+    }
+    let topic =
+        Template::parse(&kafka.topic).map_err(|e| invalid("sinks.kafka.topic", e.to_string()))?;
+    if !topic.renders_valid_topic_names() {
+        return Err(invalid(
+            "sinks.kafka.topic",
+            "may contain only letters, digits, '.', '_', '-' and the placeholders \
+             {objectType}, {eventType}, {dataloyObject}, {subscriptionKey}",
+        ));
+    }
+    Template::parse(&kafka.key).map_err(|e| invalid("sinks.kafka.key", e.to_string()))?;
+    if kafka.message_timeout.is_zero() {
+        return Err(invalid(
+            "sinks.kafka.message_timeout",
+            "must be greater than 0",
+        ));
+    }
+    if kafka.health_interval.is_zero() {
+        return Err(invalid(
+            "sinks.kafka.health_interval",
+            "must be greater than 0",
+        ));
+    }
+    if let Some(fixed) = kafka
+        .properties
+        .keys()
+        .find(|k| KAFKA_FIXED_PROPERTIES.contains(&k.as_str()))
+    {
+        return Err(invalid(
+            "sinks.kafka.properties",
+            format!("cannot set `{fixed}`: the gateway relies on its own value"),
+        ));
+    }
+    Ok(())
 }
 
 fn has_secret(secret: &Option<SecretString>) -> bool {

@@ -3,6 +3,7 @@
 //! acknowledges (and the spool never deletes) something that is not safely delivered.
 
 pub mod file;
+pub mod kafka;
 pub mod template;
 
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use crate::config::SinksSettings;
 use crate::notification::Notification;
 
 pub use file::FileSink;
+pub use kafka::KafkaSink;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -59,6 +61,9 @@ pub async fn build_all(settings: &SinksSettings) -> anyhow::Result<Vec<Arc<dyn S
     let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
     if let Some(file) = &settings.file {
         sinks.push(Arc::new(FileSink::new(file).await));
+    }
+    if let Some(kafka) = &settings.kafka {
+        sinks.push(Arc::new(KafkaSink::new(kafka)?));
     }
     Ok(sinks)
 }

@@ -90,6 +90,18 @@ impl Template {
         out
     }
 
+    /// Whether every rendering is a legal Kafka topic name: literal parts use only the legal
+    /// characters and placeholders expand to identifiers, codes or numbers (not the free-form id).
+    pub fn renders_valid_topic_names(&self) -> bool {
+        !self.parts.is_empty()
+            && self.parts.iter().all(|part| match part {
+                Part::Literal(text) => text
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')),
+                Part::Field(field) => *field != Field::Id,
+            })
+    }
+
     /// Whether rendering depends on the envelope at all.
     pub fn is_constant(&self) -> bool {
         self.parts.iter().all(|p| matches!(p, Part::Literal(_)))

@@ -50,6 +50,7 @@ pub fn test_settings(dir: &Path) -> Settings {
                 path: dir.join("out/events.jsonl"),
                 fsync: true,
             }),
+            ..SinksSettings::default()
         },
         log: LogSettings::default(),
         relay: dataloy_gateway::config::RelaySettings {
@@ -77,6 +78,12 @@ pub async fn spawn_app() -> TestApp {
 
 /// Starts a gateway with the test settings, changed by `customize`.
 pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings, &Path)) -> TestApp {
+    if std::env::var_os("TEST_LOG").is_some() {
+        dataloy_gateway::telemetry::init(&LogSettings {
+            format: dataloy_gateway::config::LogFormat::Pretty,
+            level: "info".into(),
+        });
+    }
     let dir = tempfile::tempdir().unwrap();
     let mut settings = test_settings(dir.path());
     customize(&mut settings, dir.path());
@@ -200,6 +207,26 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     false
+}
+
+/// A name no other test (or earlier run against the same broker) uses.
+pub fn unique(prefix: &str) -> String {
+    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{prefix}-{}-{nanos}-{n}", std::process::id())
+}
+
+/// A TCP port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn ids_of(events: &[serde_json::Value]) -> Vec<String> {

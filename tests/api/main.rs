@@ -7,6 +7,8 @@ mod crash;
 mod dedup;
 mod durability;
 mod helpers;
+mod kafka;
+mod kafka_broker;
 mod spool;
 mod validation;
 mod webhook;

@@ -1,0 +1,293 @@
+//! The Kafka sink (rdkafka): an idempotent producer with `acks=all`, so a publish counts only on
+//! a successful delivery report and librdkafka's own retries neither reorder nor duplicate. Topic
+//! and key come from templates over the envelope; the value is the received body, unchanged.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use parking_lot::{Mutex, RwLock};
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+
+use super::template::Template;
+use super::{PublishError, Sink, SinkError};
+use crate::config::KafkaSinkSettings;
+use crate::notification::Notification;
+
+/// How long a metadata request of the health probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSinkError {
+    #[error("invalid configuration: `sinks.kafka.properties` {0}")]
+    Client(KafkaError),
+}
+
+pub struct KafkaSink {
+    config: ClientConfig,
+    producer: RwLock<FutureProducer>,
+    /// Set when the producer timed out or failed fatally: its idempotence state (producer id
+    /// and sequence numbers) may no longer match the broker's, e.g. after a broker lost its
+    /// state. A fresh producer is created once the broker answers again.
+    stale: AtomicBool,
+    topic: Template,
+    key: Template,
+    up: Arc<AtomicBool>,
+    probe: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl KafkaSink {
+    /// Creates the producer and starts the broker health probe. Connecting happens in the
+    /// background: an unreachable broker makes the sink down, not the start-up fail.
+    pub fn new(settings: &KafkaSinkSettings) -> Result<Self, KafkaSinkError> {
+        let config = client_config(settings);
+        let producer: FutureProducer = config.create().map_err(KafkaSinkError::Client)?;
+        // The probe has a client of its own, so its view of the broker does not depend on the
+        // producer's state.
+        let probe_client: FutureProducer = config
+            .clone()
+            .set("enable.idempotence", "false")
+            .create()
+            .map_err(KafkaSinkError::Client)?;
+        let topic = Template::parse(&settings.topic).expect("validated at load");
+        let key = Template::parse(&settings.key).expect("validated at load");
+        let up = Arc::new(AtomicBool::new(false));
+        let probe = tokio::spawn(probe_broker(
+            probe_client,
+            up.clone(),
+            topic.is_constant().then(|| settings.topic.clone()),
+            settings.health_interval,
+        ));
+        Ok(Self {
+            config,
+            producer: RwLock::new(producer),
+            stale: AtomicBool::new(false),
+            topic,
+            key,
+            up,
+            probe: Mutex::new(Some(probe)),
+        })
+    }
+}
+
+impl KafkaSink {
+    /// The producer to publish with, replacing a stale one once the broker answers again.
+    fn current_producer(&self) -> Result<FutureProducer, PublishError> {
+        if self.stale.load(Ordering::Relaxed) && self.up.load(Ordering::Relaxed) {
+            let fresh: FutureProducer = self
+                .config
+                .create()
+                .map_err(|e| PublishError::none_confirmed(SinkError::Unavailable(e.to_string())))?;
+            tracing::info!(
+                sink = "kafka",
+                "replaced the Kafka producer after a failed delivery"
+            );
+            let old = std::mem::replace(&mut *self.producer.write(), fresh);
+            // Destroying a librdkafka client can block; keep that off the async threads.
+            tokio::task::spawn_blocking(move || drop(old));
+            self.stale.store(false, Ordering::Relaxed);
+        }
+        Ok(self.producer.read().clone())
+    }
+}
+
+fn client_config(settings: &KafkaSinkSettings) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &settings.brokers)
+        .set("client.id", "dataloy-gateway")
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set(
+            "message.timeout.ms",
+            settings.message_timeout.as_millis().to_string(),
+        )
+        .set("compression.type", settings.compression.as_str())
+        .set("linger.ms", settings.linger.as_millis().to_string())
+        .set("batch.size", settings.batch_size.bytes().to_string());
+    for (name, value) in &settings.properties {
+        config.set(name, value);
+    }
+    config
+}
+
+/// Asks the broker for metadata every `interval`; the answer (or its absence) is the sink's
+/// health. Also reports plainly when a fixed topic does not exist.
+async fn probe_broker(
+    producer: FutureProducer,
+    up: Arc<AtomicBool>,
+    fixed_topic: Option<String>,
+    interval: Duration,
+) {
+    let mut reported_missing = false;
+    loop {
+        let client = producer.clone();
+        let topic = fixed_topic.clone();
+        let metadata = tokio::task::spawn_blocking(move || {
+            let metadata = client
+                .client()
+                .fetch_metadata(topic.as_deref(), PROBE_TIMEOUT)?;
+            let missing = metadata
+                .topics()
+                .iter()
+                .any(|t| t.error().is_some() || t.partitions().is_empty());
+            Ok::<bool, KafkaError>(topic.is_some() && missing)
+        })
+        .await;
+        match metadata {
+            Ok(Ok(topic_missing)) => {
+                if !up.swap(true, Ordering::Relaxed) {
+                    tracing::info!(sink = "kafka", "Kafka broker reachable");
+                }
+                if topic_missing && !reported_missing {
+                    tracing::error!(
+                        sink = "kafka",
+                        topic = fixed_topic.as_deref().unwrap_or_default(),
+                        "Kafka topic does not exist; create it (notifications stay in the spool)"
+                    );
+                }
+                reported_missing = topic_missing;
+            }
+            Ok(Err(e)) => {
+                if up.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(sink = "kafka", error = %e, "Kafka broker unreachable");
+                }
+            }
+            Err(_) => return, // runtime shutting down
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+fn headers(notification: &Notification) -> OwnedHeaders {
+    let env = &notification.envelope;
+    let mut headers = OwnedHeaders::new_with_capacity(5)
+        .insert(Header {
+            key: "dataloy-id",
+            value: Some(env.id.as_str()),
+        })
+        .insert(Header {
+            key: "dataloy-object-type",
+            value: Some(env.object_type.as_str()),
+        })
+        .insert(Header {
+            key: "dataloy-event-type",
+            value: Some(env.event_type.as_str()),
+        })
+        .insert(Header {
+            key: "dataloy-event-time",
+            value: Some(env.event_time.as_str()),
+        });
+    if let Some(key) = env.subscription_key {
+        headers = headers.insert(Header {
+            key: "dataloy-subscription-key",
+            value: Some(&key.to_string()),
+        });
+    }
+    headers
+}
+
+fn describe(error: KafkaError, topic: &str) -> SinkError {
+    match error.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::UnknownTopic | RDKafkaErrorCode::UnknownTopicOrPartition) => {
+            SinkError::Refused(format!("Kafka topic `{topic}` does not exist"))
+        }
+        Some(RDKafkaErrorCode::MessageSizeTooLarge) => {
+            SinkError::Refused(format!("message too large for topic `{topic}`"))
+        }
+        _ => SinkError::Unavailable(error.to_string()),
+    }
+}
+
+#[async_trait]
+impl Sink for KafkaSink {
+    fn name(&self) -> &'static str {
+        "kafka"
+    }
+
+    async fn publish(&self, batch: &[Notification]) -> Result<(), PublishError> {
+        let producer = self.current_producer()?;
+        // Enqueue the whole batch first (librdkafka batches and pipelines it), then wait for
+        // the delivery reports in order.
+        let mut deliveries = Vec::with_capacity(batch.len());
+        let mut enqueue_error = None;
+        for notification in batch {
+            let topic = self.topic.render(&notification.envelope);
+            let key = self.key.render(&notification.envelope);
+            let mut record = FutureRecord::to(&topic)
+                .payload(&notification.body[..])
+                .key(&key)
+                .headers(headers(notification))
+                .timestamp(notification.received_at_ms as i64);
+            loop {
+                match producer.send_result(record) {
+                    Ok(delivery) => {
+                        deliveries.push((delivery, topic.clone()));
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        record = back;
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                    Err((e, _)) => {
+                        enqueue_error = Some(describe(e, &topic));
+                        break;
+                    }
+                }
+            }
+            if enqueue_error.is_some() {
+                break;
+            }
+        }
+        let mut confirmed = 0;
+        let mut first_error = None;
+        for (delivery, topic) in deliveries {
+            let outcome = match delivery.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err((e, _))) => Err(describe(e, &topic)),
+                Err(_) => Err(SinkError::Unavailable(
+                    "producer dropped the message".into(),
+                )),
+            };
+            match outcome {
+                Ok(()) if first_error.is_none() => confirmed += 1,
+                Ok(()) => {}
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error.or(enqueue_error) {
+            None => {
+                self.up.store(true, Ordering::Relaxed);
+                Ok(())
+            }
+            Some(source) => {
+                if matches!(source, SinkError::Unavailable(_)) {
+                    self.up.store(false, Ordering::Relaxed);
+                    self.stale.store(true, Ordering::Relaxed);
+                }
+                if producer.client().fatal_error().is_some() {
+                    self.stale.store(true, Ordering::Relaxed);
+                }
+                Err(PublishError { confirmed, source })
+            }
+        }
+    }
+
+    fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    async fn close(&self) {
+        if let Some(probe) = self.probe.lock().take() {
+            probe.abort();
+        }
+        let producer = self.producer.read().clone();
+        let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await;
+    }
+}
