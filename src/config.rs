@@ -212,6 +212,47 @@ impl Default for RelaySettings {
 pub struct SinksSettings {
     pub file: Option<FileSinkSettings>,
     pub kafka: Option<KafkaSinkSettings>,
+    pub rabbitmq: Option<RabbitMqSinkSettings>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RabbitMqExchangeKind {
+    Direct,
+    Fanout,
+    #[default]
+    Topic,
+    Headers,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RabbitMqSinkSettings {
+    /// `amqp://` or `amqps://` URI, credentials included; never logged.
+    pub uri: SecretString,
+    pub exchange: String,
+    pub exchange_kind: RabbitMqExchangeKind,
+    /// Declare the exchange (durable) on connect; switch off for brokers where the gateway's
+    /// user may not declare.
+    pub declare_exchange: bool,
+    /// Routing key template, e.g. `{objectType}.{eventType}`.
+    pub routing_key: String,
+    /// How often an idle sink checks (and re-opens) its connection.
+    #[serde(with = "humantime_serde")]
+    pub health_interval: Duration,
+}
+
+impl Default for RabbitMqSinkSettings {
+    fn default() -> Self {
+        Self {
+            uri: SecretString::from("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            exchange: "dataloy".into(),
+            exchange_kind: RabbitMqExchangeKind::default(),
+            declare_exchange: true,
+            routing_key: "{objectType}.{eventType}".into(),
+            health_interval: Duration::from_secs(5),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -458,6 +499,9 @@ impl Settings {
         if let Some(kafka) = &self.sinks.kafka {
             validate_kafka(kafka)?;
         }
+        if let Some(rabbitmq) = &self.sinks.rabbitmq {
+            validate_rabbitmq(rabbitmq)?;
+        }
         if !self.sinks.any() {
             return Err(invalid(
                 "sinks",
@@ -521,7 +565,7 @@ impl Settings {
 
 impl SinksSettings {
     pub fn any(&self) -> bool {
-        self.file.is_some() || self.kafka.is_some()
+        self.file.is_some() || self.kafka.is_some() || self.rabbitmq.is_some()
     }
 }
 
@@ -562,6 +606,35 @@ fn validate_kafka(kafka: &KafkaSinkSettings) -> Result<(), ConfigError> {
         return Err(invalid(
             "sinks.kafka.properties",
             format!("cannot set `{fixed}`: the gateway relies on its own value"),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_rabbitmq(rabbitmq: &RabbitMqSinkSettings) -> Result<(), ConfigError> {
+    let uri = rabbitmq.uri.expose_secret();
+    if !(uri.starts_with("amqp://") || uri.starts_with("amqps://")) {
+        // The URI may hold a password: the message does not repeat it.
+        return Err(invalid(
+            "sinks.rabbitmq.uri",
+            "must start with amqp:// or amqps://",
+        ));
+    }
+    if uri.parse::<lapin::uri::AMQPUri>().is_err() {
+        return Err(invalid("sinks.rabbitmq.uri", "is not a valid AMQP URI"));
+    }
+    if rabbitmq.exchange.is_empty() && rabbitmq.declare_exchange {
+        return Err(invalid(
+            "sinks.rabbitmq.exchange",
+            "is empty (the default exchange cannot be declared; set declare_exchange = false)",
+        ));
+    }
+    Template::parse(&rabbitmq.routing_key)
+        .map_err(|e| invalid("sinks.rabbitmq.routing_key", e.to_string()))?;
+    if rabbitmq.health_interval.is_zero() {
+        return Err(invalid(
+            "sinks.rabbitmq.health_interval",
+            "must be greater than 0",
         ));
     }
     Ok(())

@@ -4,6 +4,7 @@
 
 pub mod file;
 pub mod kafka;
+pub mod rabbitmq;
 pub mod template;
 
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use crate::notification::Notification;
 
 pub use file::FileSink;
 pub use kafka::KafkaSink;
+pub use rabbitmq::RabbitMqSink;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -64,6 +66,9 @@ pub async fn build_all(settings: &SinksSettings) -> anyhow::Result<Vec<Arc<dyn S
     }
     if let Some(kafka) = &settings.kafka {
         sinks.push(Arc::new(KafkaSink::new(kafka)?));
+    }
+    if let Some(rabbitmq) = &settings.rabbitmq {
+        sinks.push(Arc::new(RabbitMqSink::new(rabbitmq)));
     }
     Ok(sinks)
 }

@@ -9,6 +9,8 @@ mod durability;
 mod helpers;
 mod kafka;
 mod kafka_broker;
+mod rabbitmq;
+mod rabbitmq_broker;
 mod spool;
 mod validation;
 mod webhook;

@@ -1,0 +1,205 @@
+//! The RabbitMQ sink against the real RabbitMQ: confirmed delivery once, properties, routing by
+//! template, unroutable messages, both brokers at once, configuration errors.
+
+use std::time::Duration;
+
+use dataloy_gateway::config::{RabbitMqSinkSettings, Settings};
+use secrecy::SecretString;
+use serde_json::Value;
+
+use crate::helpers::*;
+use crate::rabbitmq_broker::*;
+
+pub fn rabbitmq_settings(exchange: &str) -> RabbitMqSinkSettings {
+    RabbitMqSinkSettings {
+        uri: SecretString::from(AMQP_URI),
+        exchange: exchange.to_owned(),
+        health_interval: Duration::from_millis(200),
+        ..RabbitMqSinkSettings::default()
+    }
+}
+
+fn with_rabbitmq(settings: &mut Settings, exchange: &str) {
+    settings.sinks.file = None;
+    settings.sinks.rabbitmq = Some(rabbitmq_settings(exchange));
+}
+
+#[tokio::test]
+async fn every_accepted_notification_arrives_once_with_its_properties_routed_by_template() {
+    // Arrange
+    let exchange = unique("x-once");
+    let port_calls = bind_queue(&exchange, "PortCall.*").await;
+    let alerts = bind_queue(&exchange, "BunkerOrderLine.U").await;
+    let app = spawn_app_with(|s, _| with_rabbitmq(s, &exchange)).await;
+
+    // Act
+    assert_eq!(app.post(UPDATED).await.status(), 200);
+    assert_eq!(app.post(ALERT).await.status(), 200);
+    let ids: Vec<String> = (0..20).map(|i| format!("rmq-{i}")).collect();
+    for id in &ids {
+        assert_eq!(app.post(sample_with_id(id)).await.status(), 200);
+        let retry: Value = app.post(sample_with_id(id)).await.json().await.unwrap();
+        assert_eq!(retry["status"], "duplicate");
+    }
+
+    // Assert
+    let got = drain(&port_calls, 21, Duration::from_secs(30)).await;
+    let got_alerts = drain(&alerts, 1, Duration::from_secs(30)).await;
+    assert_eq!(got.len(), 21, "each once, duplicates not republished");
+    assert_eq!(got_alerts.len(), 1);
+    let first = &got[0];
+    assert_eq!(first.delivery.data, UPDATED, "body byte for byte");
+    assert_eq!(first.delivery.routing_key.as_str(), "PortCall.U");
+    let properties = &first.delivery.properties;
+    assert_eq!(*properties.delivery_mode(), Some(2));
+    assert_eq!(message_id(first), "1573335-244070007");
+    assert_eq!(
+        properties.content_type().as_ref().unwrap().as_str(),
+        "application/json"
+    );
+    assert_eq!(properties.kind().as_ref().unwrap().as_str(), "PortCall");
+    assert!(properties.timestamp().is_some_and(|t| t > 1_700_000_000));
+    assert_eq!(header(first, "dataloy-id"), "1573335-244070007");
+    assert_eq!(header(first, "dataloy-object-type"), "PortCall");
+    assert_eq!(header(first, "dataloy-event-type"), "U");
+    assert_eq!(header(first, "dataloy-event-time"), "2016-09-14T13:37:26");
+    assert_eq!(header(first, "dataloy-subscription-key"), "243885046");
+    assert_eq!(got_alerts[0].delivery.data, ALERT);
+    assert_eq!(
+        got_alerts[0].delivery.routing_key.as_str(),
+        "BunkerOrderLine.U"
+    );
+    let delivered: Vec<String> = got[1..].iter().map(message_id).collect();
+    assert_eq!(delivered, ids, "in order");
+    assert_eq!(
+        app.metric("dataloy_gateway_sink_up{sink=\"rabbitmq\"}")
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn an_unroutable_message_is_retried_until_a_queue_is_bound() {
+    let exchange = unique("x-unroutable");
+    let app = spawn_app_with(|s, _| with_rabbitmq(s, &exchange)).await;
+
+    assert_eq!(app.post(sample_with_id("lonely-1")).await.status(), 200);
+    assert!(
+        eventually(|| async {
+            app.metric("dataloy_gateway_sink_publish_errors_total{sink=\"rabbitmq\"}")
+                .await
+                >= 2.0
+        })
+        .await,
+        "returned (unroutable) publishes count as failures and are retried"
+    );
+    assert_eq!(app.metric("dataloy_gateway_spool_depth_records").await, 1.0);
+    let queue = bind_queue(&exchange, "#").await;
+
+    let got = drain(&queue, 1, Duration::from_secs(30)).await;
+    assert_eq!(got.iter().map(message_id).collect::<Vec<_>>(), ["lonely-1"]);
+}
+
+#[tokio::test]
+async fn with_kafka_and_rabbitmq_each_notification_goes_to_both() {
+    let brokers = crate::kafka_broker::brokers();
+    let prefix = unique("t-both");
+    let topic = format!("{prefix}.PortCall");
+    crate::kafka_broker::create_topic(&brokers, &topic, 1).await;
+    let exchange = unique("x-both");
+    let queue = bind_queue(&exchange, "dataloy.#").await;
+    let app = spawn_app_with(|s, _| {
+        with_rabbitmq(s, &exchange);
+        s.sinks.rabbitmq.as_mut().unwrap().routing_key =
+            "dataloy.{objectType}.{dataloyObject}".into();
+        s.sinks.kafka = Some(dataloy_gateway::config::KafkaSinkSettings {
+            brokers: brokers.clone(),
+            topic: format!("{prefix}.{{objectType}}"),
+            health_interval: Duration::from_millis(200),
+            ..Default::default()
+        });
+    })
+    .await;
+    let ids: Vec<String> = (0..5).map(|i| format!("both-{i}")).collect();
+
+    for id in &ids {
+        assert_eq!(app.post(sample_with_id(id)).await.status(), 200);
+    }
+
+    let from_rabbitmq = drain(&queue, 5, Duration::from_secs(30)).await;
+    let from_kafka =
+        crate::kafka_broker::consume(&brokers, &topic, 1, 5, Duration::from_secs(30)).await;
+    assert_eq!(
+        from_rabbitmq.iter().map(message_id).collect::<Vec<_>>(),
+        ids
+    );
+    assert_eq!(
+        from_rabbitmq[0].delivery.routing_key.as_str(),
+        "dataloy.PortCall.189126972"
+    );
+    assert_eq!(
+        from_kafka
+            .iter()
+            .map(crate::kafka_broker::message_id)
+            .collect::<Vec<_>>(),
+        ids
+    );
+}
+
+#[test]
+fn rabbitmq_configuration_errors_name_the_key() {
+    let cases = [
+        (
+            "sinks.rabbitmq.uri",
+            "[sinks.rabbitmq]\nuri = \"http://guest:guest@localhost\"\n",
+        ),
+        (
+            "sinks.rabbitmq.routing_key",
+            "[sinks.rabbitmq]\nrouting_key = \"{objectType\"\n",
+        ),
+        (
+            "sinks.rabbitmq.exchange",
+            "[sinks.rabbitmq]\nexchange = \"\"\n",
+        ),
+        (
+            "exchange_kind",
+            "[sinks.rabbitmq]\nexchange_kind = \"random\"\n",
+        ),
+    ];
+    for (key, text) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(&path, text).unwrap();
+        let error = Settings::load_with_env(Some(&path), Vec::new())
+            .expect_err(key)
+            .to_string();
+        assert!(
+            error.contains(key),
+            "error for `{key}` does not name it: {error}"
+        );
+        assert!(
+            !error.contains("guest:guest"),
+            "credentials leaked: {error}"
+        );
+    }
+}
+
+#[test]
+fn the_uri_can_come_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, "[sinks.rabbitmq]\nexchange = \"dataloy\"\n").unwrap();
+    let settings = Settings::load_with_env(
+        Some(&path),
+        vec![(
+            "DATALOY_GATEWAY__SINKS__RABBITMQ__URI".to_string(),
+            "amqps://user:pw@rabbit.example:5671/prod".to_string(),
+        )],
+    )
+    .unwrap();
+    use secrecy::ExposeSecret;
+    assert_eq!(
+        settings.sinks.rabbitmq.unwrap().uri.expose_secret(),
+        "amqps://user:pw@rabbit.example:5671/prod"
+    );
+}

@@ -1,0 +1,89 @@
+//! RabbitMQ stopped (`rabbitmqctl stop_app`) and restarted in the middle of a stream: nothing
+//! accepted is lost, nothing is duplicated, readiness reports the outage. A test binary of its
+//! own, because stopping the shared broker would disturb the other tests running alongside.
+
+#[path = "api/helpers.rs"]
+#[allow(dead_code)]
+mod helpers;
+#[path = "api/rabbitmq_broker.rs"]
+#[allow(dead_code)]
+mod rabbitmq_broker;
+
+use std::process::Command;
+use std::time::Duration;
+
+use dataloy_gateway::config::RabbitMqSinkSettings;
+use helpers::*;
+use rabbitmq_broker::*;
+use secrecy::SecretString;
+
+fn rabbitmqctl(action: &str) {
+    let status = Command::new("rabbitmqctl")
+        .arg(action)
+        .status()
+        .expect("rabbitmqctl is installed");
+    assert!(status.success(), "rabbitmqctl {action} failed");
+}
+
+/// Starts the broker's application again even when the test fails half-way.
+struct RestartOnDrop;
+
+impl Drop for RestartOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl").arg("start_app").status();
+    }
+}
+
+#[tokio::test]
+async fn a_rabbitmq_restart_mid_stream_loses_and_duplicates_nothing() {
+    // Arrange
+    let exchange = unique("x-outage");
+    let queue = bind_queue(&exchange, "#").await;
+    let app = spawn_app_with(|s, _| {
+        s.sinks.file = None;
+        s.sinks.rabbitmq = Some(RabbitMqSinkSettings {
+            uri: SecretString::from(AMQP_URI),
+            exchange: exchange.clone(),
+            health_interval: Duration::from_millis(200),
+            ..RabbitMqSinkSettings::default()
+        });
+    })
+    .await;
+    let ids: Vec<String> = (0..30).map(|i| format!("rr-{i}")).collect();
+    for id in &ids[..10] {
+        assert_eq!(app.post(sample_with_id(id)).await.status(), 200);
+    }
+    assert!(
+        eventually(|| async { app.metric("dataloy_gateway_spool_depth_records").await == 0.0 })
+            .await
+    );
+
+    // Act: stop the broker, keep sending, start it again, keep sending.
+    let _restart = RestartOnDrop;
+    rabbitmqctl("stop_app");
+    for id in &ids[10..20] {
+        assert_eq!(
+            app.post(sample_with_id(id)).await.status(),
+            200,
+            "accepted during the outage"
+        );
+    }
+    assert!(
+        eventually(|| async { app.ready_status().await == 503 }).await,
+        "readiness reports the outage"
+    );
+    assert_eq!(
+        app.metric("dataloy_gateway_sink_up{sink=\"rabbitmq\"}")
+            .await,
+        0.0
+    );
+    rabbitmqctl("start_app");
+    for id in &ids[20..] {
+        assert_eq!(app.post(sample_with_id(id)).await.status(), 200);
+    }
+
+    // Assert
+    let got = drain(&queue, 30, Duration::from_secs(60)).await;
+    assert_eq!(got.iter().map(message_id).collect::<Vec<_>>(), ids);
+    assert!(eventually(|| async { app.ready_status().await == 200 }).await);
+}
