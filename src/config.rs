@@ -130,6 +130,17 @@ pub enum DedupBackend {
     Redis,
 }
 
+/// What the gateway does when the shared dedup backend fails.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnBackendError {
+    /// Answer 503 with `Retry-After`: without dedup the gateway cannot promise "once".
+    #[default]
+    Reject,
+    /// Deduplicate in this process's memory meanwhile (with a warning and a metric).
+    FallbackMemory,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DedupSettings {
@@ -146,6 +157,12 @@ pub struct DedupSettings {
     /// Most ids the memory backend remembers; the oldest are evicted first.
     pub max_entries: usize,
     pub redis_url: String,
+    /// Prefix of the Redis keys, so several gateways (or environments) can share one Redis.
+    pub redis_key_prefix: String,
+    /// Longest a Redis connection attempt or command may take before it counts as failed.
+    #[serde(with = "humantime_serde")]
+    pub redis_timeout: Duration,
+    pub on_backend_error: OnBackendError,
 }
 
 impl Default for DedupSettings {
@@ -157,6 +174,9 @@ impl Default for DedupSettings {
             in_flight_wait: Duration::from_secs(2),
             max_entries: 1_000_000,
             redis_url: "redis://127.0.0.1:6379".into(),
+            redis_key_prefix: "dataloy-gateway:dedup:".into(),
+            redis_timeout: Duration::from_millis(500),
+            on_backend_error: OnBackendError::Reject,
         }
     }
 }
@@ -454,10 +474,15 @@ impl Settings {
             return Err(invalid("dedup.max_entries", "must be at least 1"));
         }
         if self.dedup.backend == DedupBackend::Redis {
-            return Err(invalid(
-                "dedup.backend",
-                "`redis` is not available in this build yet; use `memory`",
-            ));
+            if redis::Client::open(self.dedup.redis_url.as_str()).is_err() {
+                return Err(invalid(
+                    "dedup.redis_url",
+                    "is not a Redis URL such as redis://127.0.0.1:6379",
+                ));
+            }
+            if self.dedup.redis_timeout.is_zero() {
+                return Err(invalid("dedup.redis_timeout", "must be greater than 0"));
+            }
         }
         if self.spool.enabled {
             if self.spool.dir.as_os_str().is_empty() {

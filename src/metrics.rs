@@ -76,6 +76,10 @@ pub struct Metrics {
     pub spool_fsyncs: IntCounter,
     pub spool_recovered_bytes_dropped: IntCounter,
     pub dedup_entries: IntGauge,
+    dedup_claims: IntCounterVec,
+    dedup_errors: IntCounterVec,
+    dedup_duration: HistogramVec,
+    pub dedup_fallback: IntCounter,
     pub dedup_commit_errors: IntCounter,
     known_object_types: Arc<RwLock<HashSet<String>>>,
 }
@@ -191,6 +195,25 @@ impl Metrics {
             "Bytes of torn or corrupt spool records dropped during recovery.",
         );
         let dedup_entries = int_gauge("dedup_entries", "Ids held by the memory dedup backend.");
+        let dedup_claims = counter_vec(
+            "dedup_claims_total",
+            "Dedup claims by outcome (claimed, duplicate, in_flight).",
+            &["backend", "outcome"],
+        );
+        let dedup_errors = counter_vec(
+            "dedup_errors_total",
+            "Failed dedup backend calls, by operation.",
+            &["backend", "operation"],
+        );
+        let dedup_duration = histogram(
+            "dedup_duration_seconds",
+            "Time of dedup backend calls, by operation.",
+            &["backend", "operation"],
+        );
+        let dedup_fallback = counter(
+            "dedup_fallback_total",
+            "Dedup calls answered by the in-memory fallback because the backend failed.",
+        );
         let dedup_commit_errors = counter(
             "dedup_commit_errors_total",
             "Durable notifications whose id could not be recorded as seen.",
@@ -233,6 +256,10 @@ impl Metrics {
             spool_fsyncs,
             spool_recovered_bytes_dropped,
             dedup_entries,
+            dedup_claims,
+            dedup_errors,
+            dedup_duration,
+            dedup_fallback,
             dedup_commit_errors,
             known_object_types: Arc::default(),
         }
@@ -282,6 +309,23 @@ impl Metrics {
 
     pub fn sink_publish_failed(&self, sink: &str) {
         self.publish_errors.with_label_values(&[sink]).inc();
+    }
+
+    pub fn dedup_call(&self, backend: &str, operation: &str, elapsed: Duration, ok: bool) {
+        self.dedup_duration
+            .with_label_values(&[backend, operation])
+            .observe(elapsed.as_secs_f64());
+        if !ok {
+            self.dedup_errors
+                .with_label_values(&[backend, operation])
+                .inc();
+        }
+    }
+
+    pub fn dedup_claimed(&self, backend: &str, outcome: &str) {
+        self.dedup_claims
+            .with_label_values(&[backend, outcome])
+            .inc();
     }
 
     pub fn set_sink_up(&self, sink: &str, up: bool) {

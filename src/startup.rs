@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use crate::auth::Authenticator;
 use crate::config::Settings;
-use crate::dedup::{Deduplicator, MemoryDedup};
+use crate::dedup;
 use crate::ingest::{Durability, Ingest};
 use crate::metrics::Metrics;
 use crate::relay::Relay;
@@ -49,7 +49,7 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         let metrics = Metrics::new();
         let sinks = sink::build_all(&settings.sinks).await?;
-        let dedup: Arc<dyn Deduplicator> = Arc::new(MemoryDedup::new(settings.dedup.max_entries));
+        let dedup = dedup::build(&settings.dedup, &metrics).context("cannot set up dedup")?;
 
         let spool = if settings.spool.enabled {
             let options = SpoolOptions {

@@ -126,6 +126,10 @@ impl Deduplicator for MemoryDedup {
     fn entry_count(&self) -> Option<usize> {
         Some(self.table.lock().entries.len())
     }
+
+    fn backend(&self) -> &'static str {
+        "memory"
+    }
 }
 
 /// Keys are already uniform 128-bit hashes: fold them instead of hashing again.

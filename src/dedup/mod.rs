@@ -3,13 +3,20 @@
 //! notification is made durable, then `commit` once it is (or `release` if that failed, so the
 //! sender's retry is processed instead of being dropped as a duplicate).
 
+pub mod fallback;
+pub mod instrumented;
 pub mod memory;
+pub mod redis;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::config::{DedupBackend, DedupSettings, OnBackendError};
+use crate::metrics::Metrics;
 pub use memory::MemoryDedup;
+pub use redis::RedisDedup;
 
 /// Identifies one claim, so that a late `release` cannot free an id someone else claimed since.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,4 +52,32 @@ pub trait Deduplicator: Send + Sync + 'static {
     fn entry_count(&self) -> Option<usize> {
         None
     }
+    /// Backend name for metric labels.
+    fn backend(&self) -> &'static str;
+}
+
+/// The configured backend, instrumented, with the memory fallback when asked for.
+pub fn build(
+    settings: &DedupSettings,
+    metrics: &Metrics,
+) -> Result<Arc<dyn Deduplicator>, DedupError> {
+    let backend: Arc<dyn Deduplicator> = match settings.backend {
+        DedupBackend::Memory => Arc::new(MemoryDedup::new(settings.max_entries)),
+        DedupBackend::Redis => {
+            let redis = RedisDedup::new(
+                &settings.redis_url,
+                &settings.redis_key_prefix,
+                settings.redis_timeout,
+            )?;
+            Arc::new(redis)
+        }
+    };
+    let backend: Arc<dyn Deduplicator> =
+        Arc::new(instrumented::Instrumented::new(backend, metrics.clone()));
+    Ok(match (settings.backend, settings.on_backend_error) {
+        (DedupBackend::Redis, OnBackendError::FallbackMemory) => Arc::new(
+            fallback::WithMemoryFallback::new(backend, settings.max_entries, metrics.clone()),
+        ),
+        _ => backend,
+    })
 }

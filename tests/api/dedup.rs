@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use dataloy_gateway::dedup::{ClaimOutcome, Deduplicator, MemoryDedup};
+use dataloy_gateway::dedup::{ClaimOutcome, Deduplicator, MemoryDedup, RedisDedup};
 
 const LEASE: Duration = Duration::from_secs(30);
 const TTL: Duration = Duration::from_secs(3600);
@@ -115,4 +115,37 @@ async fn memory_capacity_evicts_the_oldest_accepted_ids() {
     assert!(dedup.entry_count().unwrap() <= 3);
     assert_eq!(claim(&dedup, "4").await, ClaimOutcome::Duplicate);
     assert!(matches!(claim(&dedup, "1").await, ClaimOutcome::Claimed(_)));
+}
+
+/// A Redis backend on the shared server, with keys of its own.
+fn redis() -> Arc<dyn Deduplicator> {
+    let prefix = format!("{}:", crate::helpers::unique("test-dedup"));
+    Arc::new(
+        RedisDedup::new(
+            "redis://127.0.0.1:6379",
+            &prefix,
+            Duration::from_millis(500),
+        )
+        .unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn redis_claim_then_commit_makes_a_duplicate() {
+    claim_then_commit_makes_a_duplicate(redis().as_ref()).await;
+}
+
+#[tokio::test]
+async fn redis_release_lets_the_retry_claim_again() {
+    release_lets_the_retry_claim_again(redis().as_ref()).await;
+}
+
+#[tokio::test]
+async fn redis_expired_entries_count_as_absent() {
+    expired_entries_count_as_absent(redis().as_ref(), tokio::time::sleep).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_concurrent_claims_have_one_winner() {
+    concurrent_claims_have_one_winner(redis()).await;
 }

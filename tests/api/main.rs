@@ -11,6 +11,7 @@ mod kafka;
 mod kafka_broker;
 mod rabbitmq;
 mod rabbitmq_broker;
+mod shared_dedup;
 mod spool;
 mod validation;
 mod webhook;
