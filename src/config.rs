@@ -49,7 +49,56 @@ pub struct Settings {
     #[serde(default)]
     pub sinks: SinksSettings,
     #[serde(default)]
+    pub sources: SourcesSettings,
+    #[serde(default)]
     pub log: LogSettings,
+}
+
+/// Sources besides the webhook listener.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SourcesSettings {
+    /// Named Dataloy WebSocket subscriptions: `[sources.websocket.NAME]`.
+    #[serde(default)]
+    pub websocket: BTreeMap<String, WebSocketSourceSettings>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSocketSourceSettings {
+    /// `ws://` or `wss://` Dataloy WebSocket URL; it ends with the token, so it is never logged.
+    pub url: SecretString,
+    /// JSON field selection sent on every connect (`{}` for all fields).
+    pub fields: Option<String>,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub reconnect_initial_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub reconnect_max_backoff: Duration,
+    /// Keepalive ping period.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// How long a ping may go unanswered before the connection counts as lost.
+    #[serde(with = "humantime_serde")]
+    pub pong_timeout: Duration,
+    /// `/health/ready` fails while this source is disconnected.
+    pub required_for_readiness: bool,
+}
+
+impl Default for WebSocketSourceSettings {
+    fn default() -> Self {
+        Self {
+            url: SecretString::from(""),
+            fields: None,
+            connect_timeout: Duration::from_secs(10),
+            reconnect_initial_backoff: Duration::from_millis(500),
+            reconnect_max_backoff: Duration::from_secs(30),
+            ping_interval: Duration::from_secs(20),
+            pong_timeout: Duration::from_secs(10),
+            required_for_readiness: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -527,6 +576,9 @@ impl Settings {
         if let Some(rabbitmq) = &self.sinks.rabbitmq {
             validate_rabbitmq(rabbitmq)?;
         }
+        for (name, source) in &self.sources.websocket {
+            validate_websocket(name, source)?;
+        }
         if !self.sinks.any() {
             return Err(invalid(
                 "sinks",
@@ -660,6 +712,55 @@ fn validate_rabbitmq(rabbitmq: &RabbitMqSinkSettings) -> Result<(), ConfigError>
         return Err(invalid(
             "sinks.rabbitmq.health_interval",
             "must be greater than 0",
+        ));
+    }
+    Ok(())
+}
+
+fn validate_websocket(name: &str, source: &WebSocketSourceSettings) -> Result<(), ConfigError> {
+    let named = |what: &str| format!("(source `{name}`) {what}");
+    let valid_name = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if !valid_name {
+        return Err(invalid(
+            "sources.websocket",
+            format!("has a source named `{name}`; use letters, digits, '_' and '-'"),
+        ));
+    }
+    let url = source.url.expose_secret();
+    if !(url.starts_with("ws://") || url.starts_with("wss://")) || url.len() < 8 {
+        return Err(invalid(
+            "sources.websocket.url",
+            named("must start with ws:// or wss://"),
+        ));
+    }
+    if let Some(fields) = &source.fields {
+        if serde_json::from_str::<serde_json::Value>(fields).map_or(true, |v| !v.is_object()) {
+            return Err(invalid(
+                "sources.websocket.fields",
+                named("must be a JSON object"),
+            ));
+        }
+    }
+    for (key, value) in [
+        ("sources.websocket.connect_timeout", source.connect_timeout),
+        (
+            "sources.websocket.reconnect_initial_backoff",
+            source.reconnect_initial_backoff,
+        ),
+        ("sources.websocket.ping_interval", source.ping_interval),
+        ("sources.websocket.pong_timeout", source.pong_timeout),
+    ] {
+        if value.is_zero() {
+            return Err(invalid(key, named("must be greater than 0")));
+        }
+    }
+    if source.reconnect_max_backoff < source.reconnect_initial_backoff {
+        return Err(invalid(
+            "sources.websocket.reconnect_max_backoff",
+            named("must be at least reconnect_initial_backoff"),
         ));
     }
     Ok(())

@@ -12,6 +12,7 @@
 //! - [`spool`]: the durable local log with group commit, recovery and an ack cursor.
 //! - [`relay`]: spool to sinks, in order, with retries.
 //! - [`sink`]: the `Sink` trait, routing templates and the sinks themselves.
+//! - [`websocket`]: the gateway as Dataloy's WebSocket client, a second source.
 //! - [`metrics`], [`telemetry`]: Prometheus metrics and structured logs.
 
 pub mod auth;
@@ -27,3 +28,4 @@ pub mod sink;
 pub mod spool;
 pub mod startup;
 pub mod telemetry;
+pub mod websocket;

@@ -80,6 +80,9 @@ pub struct Metrics {
     dedup_errors: IntCounterVec,
     dedup_duration: HistogramVec,
     pub dedup_fallback: IntCounter,
+    websocket_connected: IntGaugeVec,
+    websocket_reconnects: IntCounterVec,
+    websocket_messages: IntCounterVec,
     pub dedup_commit_errors: IntCounter,
     known_object_types: Arc<RwLock<HashSet<String>>>,
 }
@@ -214,6 +217,27 @@ impl Metrics {
             "dedup_fallback_total",
             "Dedup calls answered by the in-memory fallback because the backend failed.",
         );
+        let websocket_connected = IntGaugeVec::new(
+            Opts::new(
+                "websocket_connected",
+                "1 while the WebSocket source is connected.",
+            ),
+            &["source"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(websocket_connected.clone()))
+            .expect("unique");
+        let websocket_reconnects = counter_vec(
+            "websocket_reconnects_total",
+            "Times a WebSocket source lost its connection and reconnected.",
+            &["source"],
+        );
+        let websocket_messages = counter_vec(
+            "websocket_messages_total",
+            "Messages pushed on a WebSocket source, by outcome (accepted, duplicate, invalid, retried).",
+            &["source", "outcome"],
+        );
         let dedup_commit_errors = counter(
             "dedup_commit_errors_total",
             "Durable notifications whose id could not be recorded as seen.",
@@ -260,6 +284,9 @@ impl Metrics {
             dedup_errors,
             dedup_duration,
             dedup_fallback,
+            websocket_connected,
+            websocket_reconnects,
+            websocket_messages,
             dedup_commit_errors,
             known_object_types: Arc::default(),
         }
@@ -325,6 +352,22 @@ impl Metrics {
     pub fn dedup_claimed(&self, backend: &str, outcome: &str) {
         self.dedup_claims
             .with_label_values(&[backend, outcome])
+            .inc();
+    }
+
+    pub fn websocket_connected(&self, source: &str, connected: bool) {
+        self.websocket_connected
+            .with_label_values(&[source])
+            .set(i64::from(connected));
+    }
+
+    pub fn websocket_reconnect(&self, source: &str) {
+        self.websocket_reconnects.with_label_values(&[source]).inc();
+    }
+
+    pub fn websocket_message(&self, source: &str, outcome: &str) {
+        self.websocket_messages
+            .with_label_values(&[source, outcome])
             .inc();
     }
 

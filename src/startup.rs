@@ -21,6 +21,7 @@ use crate::relay::Relay;
 use crate::routes::{error, health, metrics, webhook};
 use crate::sink::{self, Sink};
 use crate::spool::{Spool, SpoolOptions};
+use crate::websocket::WebSocketSource;
 
 pub struct Application {
     port: u16,
@@ -31,6 +32,8 @@ pub struct Application {
     sinks: Vec<Arc<dyn Sink>>,
     relay: Option<tokio::task::JoinHandle<()>>,
     stop_relay: watch::Sender<bool>,
+    source_tasks: Vec<tokio::task::JoinHandle<()>>,
+    stop_sources: watch::Sender<bool>,
     stop_requested: watch::Sender<bool>,
     shutting_down: Arc<AtomicBool>,
 }
@@ -74,6 +77,16 @@ impl Application {
             settings.dedup.clone(),
             metrics.clone(),
         ));
+
+        let (stop_sources, sources_stopped) = watch::channel(false);
+        let mut source_health = Vec::new();
+        let mut source_tasks = Vec::new();
+        for (name, source_settings) in &settings.sources.websocket {
+            let source =
+                WebSocketSource::new(name, source_settings, ingest.clone(), metrics.clone());
+            source_health.push(source.health());
+            source_tasks.push(tokio::spawn(source.run(sources_stopped.clone())));
+        }
 
         let (stop_relay, relay_stopped) = watch::channel(false);
         let relay = spool.as_ref().map(|spool| {
@@ -124,6 +137,7 @@ impl Application {
             spool: spool.clone(),
             sinks: sinks.clone(),
             dedup,
+            sources: source_health,
             max_body_bytes: settings.server.max_body_bytes.bytes(),
             shutting_down: shutting_down.clone(),
         });
@@ -158,6 +172,8 @@ impl Application {
             sinks,
             relay,
             stop_relay,
+            source_tasks,
+            stop_sources,
             stop_requested,
             shutting_down,
         })
@@ -196,6 +212,10 @@ impl Application {
         self.shutting_down.store(true, Ordering::Relaxed);
         server_handle.stop(true).await;
         let _ = server.await;
+        self.stop_sources.send_replace(true);
+        for task in self.source_tasks {
+            let _ = task.await;
+        }
         self.stop_relay.send_replace(true);
         if let Some(relay) = self.relay {
             let _ = relay.await;

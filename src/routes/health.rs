@@ -35,6 +35,14 @@ pub async fn ready(state: web::Data<AdminState>) -> HttpResponse {
             Value::from(if up { "ok" } else { "down" }),
         );
     }
+    for source in state.sources.iter().filter(|s| s.required_for_readiness) {
+        let connected = source.connected.load(Ordering::Relaxed);
+        ready &= connected;
+        checks.insert(
+            format!("source:{}", source.name),
+            Value::from(if connected { "ok" } else { "disconnected" }),
+        );
+    }
     let body = json!({ "status": if ready { "ready" } else { "not_ready" }, "checks": checks });
     if ready {
         HttpResponse::Ok().json(body)

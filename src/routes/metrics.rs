@@ -10,6 +10,7 @@ use crate::dedup::Deduplicator;
 use crate::metrics::Metrics;
 use crate::sink::Sink;
 use crate::spool::Spool;
+use crate::websocket::SourceHealth;
 
 /// What the admin listener reads.
 pub struct AdminState {
@@ -17,6 +18,7 @@ pub struct AdminState {
     pub spool: Option<Arc<Spool>>,
     pub sinks: Vec<Arc<dyn Sink>>,
     pub dedup: Arc<dyn Deduplicator>,
+    pub sources: Vec<SourceHealth>,
     pub max_body_bytes: u64,
     pub shutting_down: ShuttingDown,
 }

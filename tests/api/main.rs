@@ -15,3 +15,4 @@ mod shared_dedup;
 mod spool;
 mod validation;
 mod webhook;
+mod websocket;
