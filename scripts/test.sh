@@ -8,6 +8,9 @@ echo "== formatting and lints"
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 
+echo "== deployment files"
+./scripts/check-deploy.sh
+
 echo "== services"
 source scripts/services.sh
 
