@@ -118,6 +118,9 @@ pub struct ServerSettings {
     pub shutdown_timeout: Duration,
     /// `Retry-After` seconds sent with 503 answers.
     pub retry_after_seconds: u32,
+    /// Notifications processed at once; past this the gateway answers 503 at once instead of
+    /// queueing requests until they time out.
+    pub max_in_flight: usize,
 }
 
 impl Default for ServerSettings {
@@ -129,6 +132,7 @@ impl Default for ServerSettings {
             client_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(30),
             retry_after_seconds: 5,
+            max_in_flight: 1024,
         }
     }
 }
@@ -508,6 +512,9 @@ impl Settings {
         parse_bind("admin.bind", &self.admin.bind)?;
         if self.server.workers == Some(0) {
             return Err(invalid("server.workers", "must be at least 1"));
+        }
+        if self.server.max_in_flight == 0 {
+            return Err(invalid("server.max_in_flight", "must be at least 1"));
         }
         if self.server.max_body_bytes.bytes() == 0 {
             return Err(invalid("server.max_body_bytes", "must be greater than 0"));

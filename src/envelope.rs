@@ -9,6 +9,10 @@ use serde_json::value::RawValue;
 pub const MAX_ID_LEN: usize = 128;
 /// Longest object type name we accept (an identifier such as `BunkerOrderLine`).
 pub const MAX_OBJECT_TYPE_LEN: usize = 128;
+/// Deepest nesting of arrays and objects we relay. Dataloy's payloads nest a handful of levels;
+/// far deeper JSON is hostile and would fail in consumers whose parsers stop at 128 (serde_json's
+/// default), so it is refused here rather than queued.
+pub const MAX_NESTING: usize = 128;
 
 /// A validated notification id: non-empty, at most [`MAX_ID_LEN`] characters, no control characters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -147,6 +151,11 @@ impl Envelope {
     pub fn parse(body: &[u8]) -> Result<Envelope, EnvelopeError> {
         let text = std::str::from_utf8(body)
             .map_err(|e| EnvelopeError::InvalidJson(format!("invalid UTF-8: {e}")))?;
+        if nesting_exceeds(body, MAX_NESTING) {
+            return Err(EnvelopeError::InvalidJson(format!(
+                "arrays and objects nested deeper than {MAX_NESTING} levels"
+            )));
+        }
         let first = text.trim_start().as_bytes().first().copied();
         if first != Some(b'{') {
             return match serde_json::from_str::<serde::de::IgnoredAny>(text) {
@@ -233,6 +242,36 @@ impl Envelope {
     }
 }
 
+/// Whether brackets outside strings nest deeper than `max`. One pass, no allocation.
+fn nesting_exceeds(body: &[u8], max: usize) -> bool {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &byte in body {
+        if in_string {
+            match (escaped, byte) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 fn required<'a>(
     field: &'static str,
     value: Option<&'a RawValue>,
@@ -245,6 +284,7 @@ fn required<'a>(
 
 fn id_error(raw: &RawValue) -> EnvelopeError {
     let reason = match as_string(raw) {
+        None if starts_with(raw, b'"') => "is not a valid JSON string (bad escape)",
         None => "must be a string",
         Some(s) => NotificationId::parse(&s).err().unwrap_or("is invalid"),
     };
@@ -317,6 +357,16 @@ mod tests {
         for bad in ["2016-13-14T13:37:26", "yesterday", "2016-09-14", ""] {
             assert!(!is_dataloy_date_time(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn nesting_is_measured_outside_strings() {
+        let deep = format!("{}{}", "[".repeat(129), "]".repeat(129));
+        assert!(nesting_exceeds(deep.as_bytes(), 128));
+        let shallow = format!("{}{}", "[".repeat(128), "]".repeat(128));
+        assert!(!nesting_exceeds(shallow.as_bytes(), 128));
+        let quoted = format!("[\"{}\\\"\"]", "[".repeat(500));
+        assert!(!nesting_exceeds(quoted.as_bytes(), 128));
     }
 
     #[test]

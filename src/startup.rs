@@ -113,6 +113,7 @@ impl Application {
             body_timeout: settings.server.client_timeout,
             retry_after_seconds: settings.server.retry_after_seconds,
             metrics: metrics.clone(),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(settings.server.max_in_flight)),
         });
         let workers = settings
             .server
@@ -122,7 +123,7 @@ impl Application {
             App::new()
                 .app_data(webhook_state.clone())
                 .route("/webhooks/dataloy", web::post().to(webhook::receive))
-                .default_service(web::to(error::not_found))
+                .default_service(web::to(webhook::unknown_route))
         })
         .workers(workers)
         .client_request_timeout(settings.server.client_timeout)

@@ -25,6 +25,8 @@ pub struct WebhookState {
     pub body_timeout: Duration,
     pub retry_after_seconds: u32,
     pub metrics: Metrics,
+    /// Bounds the notifications processed at once (load shedding).
+    pub in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +41,8 @@ pub enum WebhookError {
     BodyTimeout,
     #[error("body could not be read")]
     BodyRead,
+    #[error("too many notifications in progress; retry later")]
+    Overloaded { retry_after_seconds: u32 },
     #[error("{0}")]
     Invalid(IngestError),
     #[error("the notification could not be stored; retry later")]
@@ -56,6 +60,7 @@ impl WebhookError {
             WebhookError::TooLarge { .. } => "payload_too_large",
             WebhookError::BodyTimeout => "request_timeout",
             WebhookError::BodyRead => "invalid_body",
+            WebhookError::Overloaded { .. } => "overloaded",
             WebhookError::Invalid(e) | WebhookError::Unavailable { cause: e, .. } => e.reason(),
         }
     }
@@ -69,7 +74,9 @@ impl ResponseError for WebhookError {
             WebhookError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             WebhookError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             WebhookError::BodyRead | WebhookError::Invalid(_) => StatusCode::BAD_REQUEST,
-            WebhookError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            WebhookError::Unavailable { .. } | WebhookError::Overloaded { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -96,6 +103,9 @@ impl ResponseError for WebhookError {
             WebhookError::Unavailable {
                 retry_after_seconds,
                 ..
+            }
+            | WebhookError::Overloaded {
+                retry_after_seconds,
             } => {
                 headers.insert(header::RETRY_AFTER, (*retry_after_seconds).into());
             }
@@ -116,6 +126,13 @@ pub async fn receive(
     payload: web::Payload,
     state: web::Data<WebhookState>,
 ) -> Result<HttpResponse, WebhookError> {
+    let Ok(_permit) = state.in_flight.clone().try_acquire_owned() else {
+        state.metrics.received(Source::Webhook);
+        state.metrics.unavailable(Source::Webhook, "overloaded");
+        return Err(WebhookError::Overloaded {
+            retry_after_seconds: state.retry_after_seconds,
+        });
+    };
     let body = match check_and_read(&request, payload, &state).await {
         Ok(body) => body,
         Err(e) => {
@@ -152,6 +169,20 @@ pub async fn receive(
             retry_after_seconds: state.retry_after_seconds,
         }),
     }
+}
+
+/// Any other path or method on the notification listener: credentials are checked first, so
+/// the listener reveals nothing to a caller without them.
+pub async fn unknown_route(
+    request: HttpRequest,
+    state: web::Data<WebhookState>,
+) -> Result<HttpResponse, WebhookError> {
+    if !state.auth.verify(request.headers()) {
+        return Err(WebhookError::Unauthorized {
+            challenge: state.auth.challenge(),
+        });
+    }
+    Ok(super::error::not_found().await)
 }
 
 async fn check_and_read(
