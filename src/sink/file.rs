@@ -60,7 +60,9 @@ impl Inner {
             if let Some(parent) = self.path.parent().filter(|p| !p.as_os_str().is_empty()) {
                 fs::create_dir_all(parent)?;
             }
-            *file = Some(open_append(&self.path)?);
+            let opened = open_append(&self.path)?;
+            cut_torn_tail(&opened)?;
+            *file = Some(opened);
         }
         Ok(file)
     }
@@ -83,7 +85,42 @@ impl Inner {
 }
 
 fn open_append(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new().create(true).append(true).open(path)
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .read(true)
+        .open(path)
+}
+
+/// A crash in the middle of a write can leave a partial last line; that batch was never
+/// confirmed, so the relay writes it again. Cut the partial line off first, so the file stays a
+/// sequence of complete bodies.
+fn cut_torn_tail(file: &File) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(());
+    }
+    let mut last = [0u8; 1];
+    file.read_exact_at(&mut last, len - 1)?;
+    if last[0] == b'\n' {
+        return Ok(());
+    }
+    let window = len.min(4 * 1024 * 1024);
+    let mut tail = vec![0u8; window as usize];
+    file.read_exact_at(&mut tail, len - window)?;
+    let keep = match tail.iter().rposition(|b| *b == b'\n') {
+        Some(at) => len - window + at as u64 + 1,
+        None if window == len => 0,
+        None => return Ok(()), // a single line longer than the window: leave it
+    };
+    tracing::warn!(
+        sink = "file",
+        cut_bytes = len - keep,
+        "cutting a partial last line left by a crash"
+    );
+    file.set_len(keep)?;
+    file.sync_data()
 }
 
 #[async_trait]

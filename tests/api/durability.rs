@@ -163,3 +163,17 @@ async fn a_graceful_restart_resumes_from_the_cursor_without_republishing() {
         ["r-0", "r-1", "r-2", "r-3"]
     );
 }
+
+#[tokio::test]
+async fn a_partial_line_left_in_the_file_sink_by_a_crash_is_cut_off() {
+    let app = spawn_app_with(|_, dir| {
+        std::fs::create_dir_all(dir.join("out")).unwrap();
+        let torn = [minimal("before").as_bytes(), b"\n", b"{\"id\":\"torn"].concat();
+        std::fs::write(dir.join("out/events.jsonl"), torn).unwrap();
+    })
+    .await;
+
+    assert_eq!(app.post(sample_with_id("after")).await.status(), 200);
+
+    assert_eq!(ids_of(&app.wait_for_events(2).await), ["before", "after"]);
+}
