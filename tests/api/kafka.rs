@@ -191,6 +191,74 @@ async fn a_broker_outage_is_absorbed_by_the_spool_and_drained_in_order() {
 }
 
 #[tokio::test]
+async fn under_steady_load_a_frozen_broker_is_absorbed_and_nothing_is_lost() {
+    // Arrange: a broker of the test's own and a client posting steadily throughout.
+    let data = tempfile::tempdir().unwrap();
+    let broker = OwnBroker::start(data.path());
+    let brokers = broker.address();
+    let prefix = unique("t-frozen");
+    let topic = format!("{prefix}.PortCall");
+    create_topic(&brokers, &topic, 1).await;
+    let app = spawn_app_with(|s, _| with_kafka(s, &brokers, &prefix)).await;
+    assert!(eventually(|| async { app.ready_status().await == 200 }).await);
+    let (stop_load, stopped) = tokio::sync::watch::channel(false);
+    let client = app.client.clone();
+    let url = format!("{}/webhooks/dataloy", app.address);
+    let load = tokio::spawn(async move {
+        let mut statuses = Vec::new();
+        let mut n = 0;
+        while !*stopped.borrow() {
+            let id = format!("steady-{n}");
+            let response = client
+                .post(&url)
+                .body(sample_with_id(&id))
+                .send()
+                .await
+                .unwrap();
+            statuses.push((id, response.status().as_u16()));
+            n += 1;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        statuses
+    });
+
+    // Act: the broker hangs (SIGSTOP) for a while, then resumes.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    broker.signal("STOP");
+    assert!(
+        eventually(|| async { app.ready_status().await == 503 }).await,
+        "readiness reports the hung broker"
+    );
+    broker.signal("CONT");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop_load.send_replace(true);
+    let statuses = load.await.unwrap();
+
+    // Assert: 200 throughout; every notification delivered, in order of first delivery.
+    assert!(statuses.iter().all(|(_, status)| *status == 200));
+    let sent: Vec<String> = statuses.into_iter().map(|(id, _)| id).collect();
+    let messages = consume(&brokers, &topic, 1, sent.len(), Duration::from_secs(60)).await;
+    let mut first_seen = Vec::new();
+    let mut copies = 0;
+    for id in messages.iter().map(message_id) {
+        if first_seen.contains(&id) {
+            copies += 1;
+        } else {
+            first_seen.push(id);
+        }
+    }
+    eprintln!(
+        "steady load across a frozen Kafka broker: {} sent, {copies} extra copies",
+        sent.len()
+    );
+    assert_eq!(first_seen, sent);
+    assert!(
+        copies <= 512,
+        "copies only from batches whose delivery reports timed out"
+    );
+}
+
+#[tokio::test]
 async fn a_missing_topic_keeps_notifications_spooled_until_it_exists() {
     let brokers = brokers();
     let prefix = unique("t-missing");
