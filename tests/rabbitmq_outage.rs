@@ -28,6 +28,19 @@ fn rabbitmqctl(action: &str) {
     assert!(status.success(), "rabbitmqctl {action} failed");
 }
 
+async fn app_publishing_to(exchange: &str) -> TestApp {
+    spawn_app_with(|s, _| {
+        s.sinks.file = None;
+        s.sinks.rabbitmq = Some(RabbitMqSinkSettings {
+            uri: SecretString::from(AMQP_URI),
+            exchange: exchange.to_owned(),
+            health_interval: Duration::from_millis(200),
+            ..RabbitMqSinkSettings::default()
+        });
+    })
+    .await
+}
+
 /// Starts the broker's application again even when the test fails half-way.
 struct RestartOnDrop;
 
@@ -43,16 +56,7 @@ async fn a_rabbitmq_restart_mid_stream_loses_and_duplicates_nothing() {
     // Arrange
     let exchange = unique("x-outage");
     let queue = bind_queue(&exchange, "#").await;
-    let app = spawn_app_with(|s, _| {
-        s.sinks.file = None;
-        s.sinks.rabbitmq = Some(RabbitMqSinkSettings {
-            uri: SecretString::from(AMQP_URI),
-            exchange: exchange.clone(),
-            health_interval: Duration::from_millis(200),
-            ..RabbitMqSinkSettings::default()
-        });
-    })
-    .await;
+    let app = app_publishing_to(&exchange).await;
     let ids: Vec<String> = (0..30).map(|i| format!("rr-{i}")).collect();
     for id in &ids[..10] {
         assert_eq!(app.post(sample_with_id(id)).await.status(), 200);
@@ -98,36 +102,8 @@ async fn under_steady_load_a_rabbitmq_restart_loses_nothing() {
     // Arrange: a client posting steadily, before, during and after the outage.
     let exchange = unique("x-load");
     let queue = bind_queue(&exchange, "#").await;
-    let app = spawn_app_with(|s, _| {
-        s.sinks.file = None;
-        s.sinks.rabbitmq = Some(RabbitMqSinkSettings {
-            uri: SecretString::from(AMQP_URI),
-            exchange: exchange.clone(),
-            health_interval: Duration::from_millis(200),
-            ..RabbitMqSinkSettings::default()
-        });
-    })
-    .await;
-    let (stop_load, stopped) = tokio::sync::watch::channel(false);
-    let client = app.client.clone();
-    let url = format!("{}/webhooks/dataloy", app.address);
-    let load = tokio::spawn(async move {
-        let mut statuses = Vec::new();
-        let mut n = 0;
-        while !*stopped.borrow() {
-            let id = format!("steady-{n}");
-            let response = client
-                .post(&url)
-                .body(sample_with_id(&id))
-                .send()
-                .await
-                .unwrap();
-            statuses.push((id, response.status().as_u16()));
-            n += 1;
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        statuses
-    });
+    let app = app_publishing_to(&exchange).await;
+    let load = SteadyLoad::start(&app);
 
     // Act
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -137,25 +113,11 @@ async fn under_steady_load_a_rabbitmq_restart_loses_nothing() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     rabbitmqctl("start_app");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop_load.send_replace(true);
-    let statuses = load.await.unwrap();
+    let sent = load.finish().await; // asserts 200 throughout
 
-    // Assert: 200 throughout, every notification delivered, in order of first delivery.
-    assert!(
-        statuses.iter().all(|(_, status)| *status == 200),
-        "{statuses:?}"
-    );
-    let sent: Vec<String> = statuses.into_iter().map(|(id, _)| id).collect();
+    // Assert: every notification delivered, in order of first delivery.
     let got = drain(&queue, sent.len(), Duration::from_secs(60)).await;
-    let mut first_seen = Vec::new();
-    let mut copies = 0;
-    for id in got.iter().map(message_id) {
-        if first_seen.contains(&id) {
-            copies += 1;
-        } else {
-            first_seen.push(id);
-        }
-    }
+    let (first_seen, copies) = first_deliveries(got.iter().map(message_id));
     eprintln!(
         "steady load across a RabbitMQ restart: {} sent, {copies} extra copies",
         sent.len()

@@ -235,3 +235,72 @@ pub fn ids_of(events: &[serde_json::Value]) -> Vec<String> {
         .map(|e| e["id"].as_str().unwrap().to_owned())
         .collect()
 }
+
+/// Loads `text` as a configuration file (nothing from the environment) and returns the error
+/// message; panics if the configuration is accepted.
+pub fn config_error(text: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, text).unwrap();
+    match Settings::load_with_env(Some(&path), Vec::new()) {
+        Ok(_) => panic!("configuration accepted:\n{text}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// A client posting unique notifications one after another, every 5 ms, until stopped; it
+/// returns each id with the status it got.
+pub struct SteadyLoad {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Vec<(String, u16)>>,
+}
+
+impl SteadyLoad {
+    pub fn start(app: &TestApp) -> SteadyLoad {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let client = app.client.clone();
+        let url = format!("{}/webhooks/dataloy", app.address);
+        let task = tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            while !*stopped.borrow() {
+                let id = format!("steady-{}", statuses.len());
+                let response = client
+                    .post(&url)
+                    .body(sample_with_id(&id))
+                    .send()
+                    .await
+                    .unwrap();
+                statuses.push((id, response.status().as_u16()));
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            statuses
+        });
+        SteadyLoad { stop, task }
+    }
+
+    /// Stops the load; returns the ids sent, after checking that every one was answered 200.
+    pub async fn finish(self) -> Vec<String> {
+        self.stop.send_replace(true);
+        let statuses = self.task.await.unwrap();
+        assert!(
+            statuses.iter().all(|(_, status)| *status == 200),
+            "{statuses:?}"
+        );
+        statuses.into_iter().map(|(id, _)| id).collect()
+    }
+}
+
+/// The ids in order of first delivery, and how many extra copies arrived.
+pub fn first_deliveries(delivered: impl IntoIterator<Item = String>) -> (Vec<String>, usize) {
+    let mut seen = std::collections::HashSet::new();
+    let mut first = Vec::new();
+    let mut copies = 0;
+    for id in delivered {
+        if seen.insert(id.clone()) {
+            first.push(id);
+        } else {
+            copies += 1;
+        }
+    }
+    (first, copies)
+}

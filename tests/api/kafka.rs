@@ -201,26 +201,7 @@ async fn under_steady_load_a_frozen_broker_is_absorbed_and_nothing_is_lost() {
     create_topic(&brokers, &topic, 1).await;
     let app = spawn_app_with(|s, _| with_kafka(s, &brokers, &prefix)).await;
     assert!(eventually(|| async { app.ready_status().await == 200 }).await);
-    let (stop_load, stopped) = tokio::sync::watch::channel(false);
-    let client = app.client.clone();
-    let url = format!("{}/webhooks/dataloy", app.address);
-    let load = tokio::spawn(async move {
-        let mut statuses = Vec::new();
-        let mut n = 0;
-        while !*stopped.borrow() {
-            let id = format!("steady-{n}");
-            let response = client
-                .post(&url)
-                .body(sample_with_id(&id))
-                .send()
-                .await
-                .unwrap();
-            statuses.push((id, response.status().as_u16()));
-            n += 1;
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        statuses
-    });
+    let load = SteadyLoad::start(&app);
 
     // Act: the broker hangs (SIGSTOP) for a while, then resumes.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -231,22 +212,11 @@ async fn under_steady_load_a_frozen_broker_is_absorbed_and_nothing_is_lost() {
     );
     broker.signal("CONT");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop_load.send_replace(true);
-    let statuses = load.await.unwrap();
+    let sent = load.finish().await; // asserts 200 throughout
 
-    // Assert: 200 throughout; every notification delivered, in order of first delivery.
-    assert!(statuses.iter().all(|(_, status)| *status == 200));
-    let sent: Vec<String> = statuses.into_iter().map(|(id, _)| id).collect();
+    // Assert: every notification delivered, in order of first delivery.
     let messages = consume(&brokers, &topic, 1, sent.len(), Duration::from_secs(60)).await;
-    let mut first_seen = Vec::new();
-    let mut copies = 0;
-    for id in messages.iter().map(message_id) {
-        if first_seen.contains(&id) {
-            copies += 1;
-        } else {
-            first_seen.push(id);
-        }
-    }
+    let (first_seen, copies) = first_deliveries(messages.iter().map(message_id));
     eprintln!(
         "steady load across a frozen Kafka broker: {} sent, {copies} extra copies",
         sent.len()
@@ -309,12 +279,7 @@ fn kafka_configuration_errors_name_the_key() {
         ("compression", "[sinks.kafka]\ncompression = \"brotli\"\n"),
     ];
     for (key, text) in cases {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("gateway.toml");
-        std::fs::write(&path, text).unwrap();
-        let error = Settings::load_with_env(Some(&path), Vec::new())
-            .expect_err(key)
-            .to_string();
+        let error = config_error(text);
         assert!(
             error.contains(key),
             "error for `{key}` does not name it: {error}"

@@ -191,12 +191,7 @@ fn redis_configuration_errors_name_the_key() {
         ),
     ];
     for (key, text) in cases {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("gateway.toml");
-        std::fs::write(&path, format!("{text}[sinks.file]\npath = \"x.jsonl\"\n")).unwrap();
-        let error = Settings::load_with_env(Some(&path), Vec::new())
-            .expect_err(key)
-            .to_string();
+        let error = config_error(&format!("{text}[sinks.file]\npath = \"x.jsonl\"\n"));
         assert!(
             error.contains(key),
             "error for `{key}` does not name it: {error}"
