@@ -271,6 +271,7 @@ async fn every_hostile_request_gets_its_4xx_and_nothing_reaches_the_sink() {
     let app = spawn_app_with(|s, _| with_bearer(s)).await;
     let corpus = corpus();
     assert!(corpus.len() >= 50, "corpus has {} cases", corpus.len());
+    eprintln!("hostile corpus: {} requests", corpus.len());
 
     for case in &corpus {
         let mut request = app
