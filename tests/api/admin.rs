@@ -36,6 +36,11 @@ async fn metrics_count_outcomes_with_prometheus_names() {
     app.post(UPDATED).await;
     app.post(b"{".to_vec()).await;
     app.wait_for_events(1).await;
+    // The relay records the publish, then acknowledges: depth 0 means both happened.
+    assert!(
+        eventually(|| async { app.metric("dataloy_gateway_spool_depth_records").await == 0.0 })
+            .await
+    );
 
     let text = app.metrics().await;
 

@@ -37,9 +37,12 @@ async fn a_failing_sink_loses_nothing_and_readiness_says_so() {
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     assert!(eventually(|| async { app.ready_status().await == 503 }).await);
     assert!(
-        app.metric("dataloy_gateway_sink_publish_errors_total{sink=\"file\"}")
-            .await
-            >= 1.0
+        eventually(|| async {
+            app.metric("dataloy_gateway_sink_publish_errors_total{sink=\"file\"}")
+                .await
+                >= 1.0
+        })
+        .await
     );
     assert_eq!(
         app.metric("dataloy_gateway_sink_up{sink=\"file\"}").await,

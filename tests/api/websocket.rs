@@ -128,6 +128,17 @@ async fn pushed_notifications_are_relayed_once_across_a_dropped_connection() {
         let name = name.to_owned();
         async move { app.metric(&name).await }
     };
+    // The outcome is counted just after the spool append; the file write comes later, but wait.
+    assert!(
+        eventually(|| async {
+            app.metric(
+                "dataloy_gateway_websocket_messages_total{outcome=\"accepted\",source=\"dataloy\"}",
+            )
+            .await
+                == 4.0
+        })
+        .await
+    );
     assert!(metric("dataloy_gateway_websocket_reconnects_total{source=\"dataloy\"}").await >= 1.0);
     assert_eq!(
         metric("dataloy_gateway_websocket_messages_total{outcome=\"accepted\",source=\"dataloy\"}")
