@@ -9,6 +9,7 @@ REQUESTS=${1:-20000}
 CONCURRENCY=${2:-64}
 source scripts/services.sh
 cargo build --release --quiet --bin dataloy-gateway --examples
+bin="${CARGO_TARGET_DIR:-target}/release"
 work=$(mktemp -d)
 pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$work"; }
@@ -25,7 +26,7 @@ gateway() {
   printf '%s\n' "[server]" 'bind = "127.0.0.1:18081"' "workers = 2" "[admin]" 'bind = "127.0.0.1:19091"' \
     "[spool]" "dir = \"$work/spool-$name\"" "[log]" 'level = "warn"' "$@" >"$work/$name.toml"
   local started=$(date +%s%N)
-  target/release/dataloy-gateway --config "$work/$name.toml" >"$work/$name.log" 2>&1 &
+  "$bin/dataloy-gateway" --config "$work/$name.toml" >"$work/$name.log" 2>&1 &
   pids+=($!)
   wait_ready http://127.0.0.1:19091/health/ready
   echo "start-up to ready: $(( ($(date +%s%N) - started) / 1000000 )) ms"
@@ -36,10 +37,10 @@ stop_gateway() {
   kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
 }
 
-loadgen() { target/release/examples/loadgen --requests "$REQUESTS" --concurrency "$CONCURRENCY" "$@"; }
+loadgen() { "$bin"/examples/loadgen --requests "$REQUESTS" --concurrency "$CONCURRENCY" "$@"; }
 
 echo "## HTTP-only baseline (actix, same route, body read, no validation/dedup/spool/sink)"
-target/release/examples/baseline_server 127.0.0.1:18090 2 & pids+=($!)
+"$bin"/examples/baseline_server 127.0.0.1:18090 2 & pids+=($!)
 sleep 0.5
 loadgen --url http://127.0.0.1:18090/webhooks/dataloy
 kill "${pids[-1]}"
@@ -70,4 +71,4 @@ LOADGEN_EXCHANGE="bench-$$" loadgen --url http://127.0.0.1:18081/webhooks/datalo
 stop_gateway
 
 echo "## memory per dedup entry"
-target/release/examples/dedup_memory 1000000
+"$bin"/examples/dedup_memory 1000000

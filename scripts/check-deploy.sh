@@ -30,9 +30,18 @@ trap 'kill "$gateway" 2>/dev/null || true; rm -rf "$work"' EXIT
 cargo build --quiet --bin dataloy-gateway
 DATALOY_GATEWAY__SERVER__BIND=127.0.0.1:18080 DATALOY_GATEWAY__ADMIN__BIND=127.0.0.1:19090 \
 DATALOY_GATEWAY__SPOOL__DIR="$work/spool" DATALOY_GATEWAY__SINKS__FILE__PATH="$work/events.jsonl" \
-  target/debug/dataloy-gateway --config config/default.toml >"$work/gateway.log" 2>&1 &
+  "${CARGO_TARGET_DIR:-target}/debug/dataloy-gateway" --config config/default.toml >"$work/gateway.log" 2>&1 &
 gateway=$!
-for _ in $(seq 1 100); do curl -fsS http://127.0.0.1:19090/health/ready >/dev/null 2>&1 && break; sleep 0.1; done
+ready=no
+for _ in $(seq 1 100); do
+  curl -fsS http://127.0.0.1:19090/health/ready >/dev/null 2>&1 && { ready=yes; break; }
+  sleep 0.1
+done
+if [ "$ready" != yes ]; then
+  echo "the gateway did not become ready; its log:" >&2
+  cat "$work/gateway.log" >&2
+  exit 1
+fi
 curl -fsS -X POST http://127.0.0.1:18080/webhooks/dataloy -H "content-type: application/json" --data-binary @tests/fixtures/bunker-order-updated.json >/dev/null
 curl -fsS http://127.0.0.1:19090/metrics | promtool check metrics
 echo "/metrics passes promtool check metrics"
