@@ -187,10 +187,6 @@ impl Spool {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
     }
-
-    pub fn dir(&self) -> &Path {
-        &self.shared.dir
-    }
 }
 
 impl Shared {
