@@ -110,7 +110,7 @@ async fn embedded_store(dir: &Path) -> Figures {
                 let mut table = txn.open_table(TABLE).unwrap();
                 for (n, reply) in group {
                     buffer.clear();
-                    record::encode(next_seq, &n, &mut buffer);
+                    record::encode(next_seq, 0, &n, &mut buffer);
                     table.insert(next_seq, buffer.as_slice()).unwrap();
                     replies.push((next_seq, reply));
                     next_seq += 1;
@@ -144,7 +144,7 @@ async fn embedded_store(dir: &Path) -> Figures {
         let mut last = acked;
         for entry in table.range(acked + 1..).unwrap().take(512) {
             let (key, value) = entry.unwrap();
-            record::decode(value.value()).unwrap();
+            record::decode(value.value(), 0).unwrap();
             last = key.value();
         }
         drop(table);

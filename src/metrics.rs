@@ -75,6 +75,7 @@ pub struct Metrics {
     pub spool_appends: IntCounter,
     pub spool_fsyncs: IntCounter,
     pub spool_recovered_bytes_dropped: IntCounter,
+    spool_sync_duration: HistogramVec,
     pub dedup_entries: IntGauge,
     dedup_claims: IntCounterVec,
     dedup_errors: IntCounterVec,
@@ -197,6 +198,12 @@ impl Metrics {
             "spool_recovery_dropped_bytes_total",
             "Bytes of torn or corrupt spool records dropped during recovery.",
         );
+        let spool_sync_duration = histogram(
+            "spool_sync_duration_seconds",
+            "Time of the spool's durable writes: `append` is one group commit (write + fdatasync), \
+             `acknowledge` one cursor store with the deletion of finished segments.",
+            &["operation"],
+        );
         let dedup_entries = int_gauge("dedup_entries", "Ids held by the memory dedup backend.");
         let dedup_claims = counter_vec(
             "dedup_claims_total",
@@ -279,6 +286,7 @@ impl Metrics {
             spool_appends,
             spool_fsyncs,
             spool_recovered_bytes_dropped,
+            spool_sync_duration,
             dedup_entries,
             dedup_claims,
             dedup_errors,
@@ -322,6 +330,13 @@ impl Metrics {
     pub fn request_finished(&self, source: Source, outcome: Outcome, elapsed: Duration) {
         self.request_duration
             .with_label_values(&[source.as_str(), outcome.as_str()])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Time of one durable spool write; `operation` is `append` or `acknowledge`.
+    pub fn spool_synced(&self, operation: &str, elapsed: Duration) {
+        self.spool_sync_duration
+            .with_label_values(&[operation])
             .observe(elapsed.as_secs_f64());
     }
 

@@ -1,47 +1,178 @@
-//! The acknowledged-position cursor: the highest sequence number every sink has confirmed,
-//! replaced atomically (write, fsync, rename, fsync the directory) so a crash leaves either the
-//! old or the new value, never a torn one.
+//! The acknowledged-position cursor: the highest sequence number every sink has confirmed.
+//!
+//! It is stored after every relayed batch, so it must be cheap and crash-safe. The file holds two
+//! checksummed slots, a page apart, written in turn and overwritten in place with one
+//! `fdatasync`: no new file, no rename, no directory fsync, so no file-system journal commit on
+//! this path (which would delay the spool writer's fsyncs). A torn write can only damage the
+//! slot being written; the other still holds the previous value, and loading takes the highest
+//! valid slot.
 
-use std::fs::{self, File};
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
 
 use super::segment::sync_dir;
 
 const FILE_NAME: &str = "cursor";
+/// Slots are a page apart, so writing one never rewrites the sector of the other.
+const SLOT_STRIDE: u64 = 4096;
+const FILE_LEN: u64 = 2 * SLOT_STRIDE;
+/// A slot: the sequence number (u64) and the CRC-32 of its bytes (u32), little-endian.
+const SLOT_LEN: usize = 12;
 
 pub struct Cursor {
-    dir: PathBuf,
+    file: File,
+    next_slot: u64,
 }
 
 impl Cursor {
-    pub fn new(dir: &Path) -> Self {
-        Self {
-            dir: dir.to_owned(),
-        }
+    /// Opens the cursor in `dir` and returns it with the stored position (0 when none was stored
+    /// yet). A damaged file is an error, not a 0: silently starting over would republish
+    /// everything still in the spool. A cursor written by an earlier version (the number as text)
+    /// is converted.
+    pub fn open(dir: &Path) -> io::Result<(Cursor, u64)> {
+        let path = dir.join(FILE_NAME);
+        let stored = match fs::read(&path) {
+            Ok(bytes) if bytes.len() as u64 == FILE_LEN => Some(read_slots(&bytes)?),
+            Ok(bytes) => Some(read_text(&bytes)?),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        let acked = match stored {
+            Some(Stored::Slots(acked)) => acked,
+            Some(Stored::Text(acked)) => {
+                create(dir, acked)?;
+                acked
+            }
+            None => {
+                create(dir, 0)?;
+                0
+            }
+        };
+        let file = OpenOptions::new().write(true).open(&path)?;
+        Ok((Cursor { file, next_slot: 0 }, acked))
     }
 
-    /// The stored position; 0 when none was stored yet. A damaged file is an error, not a 0:
-    /// silently starting over would republish everything still in the spool.
-    pub fn load(&self) -> io::Result<u64> {
-        match fs::read_to_string(self.dir.join(FILE_NAME)) {
-            Ok(text) => text.trim().parse().map_err(|_| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("spool cursor file holds `{}`, not a number", text.trim()),
-                )
-            }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
-            Err(e) => Err(e),
+    /// Stores `acked_seq` durably, in the slot not written last.
+    pub fn store(&mut self, acked_seq: u64) -> io::Result<()> {
+        self.file
+            .write_all_at(&slot(acked_seq), self.next_slot * SLOT_STRIDE)?;
+        self.file.sync_data()?;
+        self.next_slot = 1 - self.next_slot;
+        Ok(())
+    }
+}
+
+enum Stored {
+    Slots(u64),
+    Text(u64),
+}
+
+fn slot(seq: u64) -> [u8; SLOT_LEN] {
+    let mut bytes = [0u8; SLOT_LEN];
+    bytes[..8].copy_from_slice(&seq.to_le_bytes());
+    let crc = crc32fast::hash(&bytes[..8]);
+    bytes[8..].copy_from_slice(&crc.to_le_bytes());
+    bytes
+}
+
+fn read_slots(bytes: &[u8]) -> io::Result<Stored> {
+    let valid = [0, SLOT_STRIDE as usize].into_iter().filter_map(|at| {
+        let slot = &bytes[at..at + SLOT_LEN];
+        let seq = u64::from_le_bytes(slot[..8].try_into().expect("8 bytes"));
+        let crc = u32::from_le_bytes(slot[8..].try_into().expect("4 bytes"));
+        (crc32fast::hash(&slot[..8]) == crc).then_some(seq)
+    });
+    valid.max().map(Stored::Slots).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "spool cursor file is damaged: neither of its slots holds a valid position",
+        )
+    })
+}
+
+fn read_text(bytes: &[u8]) -> io::Result<Stored> {
+    let text = String::from_utf8_lossy(bytes);
+    text.trim().parse().map(Stored::Text).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("spool cursor file holds `{}`, not a position", text.trim()),
+        )
+    })
+}
+
+/// Writes a new cursor file holding `acked` in both slots, atomically (write, fsync, rename,
+/// fsync the directory): done once, when the spool is first opened.
+fn create(dir: &Path, acked: u64) -> io::Result<()> {
+    let tmp = dir.join(format!("{FILE_NAME}.tmp"));
+    let mut bytes = vec![0u8; FILE_LEN as usize];
+    for at in [0, SLOT_STRIDE as usize] {
+        bytes[at..at + SLOT_LEN].copy_from_slice(&slot(acked));
+    }
+    let mut file = File::create(&tmp)?;
+    file.write_all(&bytes)?;
+    file.sync_data()?;
+    fs::rename(&tmp, dir.join(FILE_NAME))?;
+    sync_dir(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_stored_position_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut cursor, acked) = Cursor::open(dir.path()).unwrap();
+        assert_eq!(acked, 0);
+        for seq in [5, 9, 12] {
+            cursor.store(seq).unwrap();
         }
+        drop(cursor);
+        assert_eq!(Cursor::open(dir.path()).unwrap().1, 12);
     }
 
-    pub fn store(&self, acked_seq: u64) -> io::Result<()> {
-        let tmp = self.dir.join(format!("{FILE_NAME}.tmp"));
-        let mut file = File::create(&tmp)?;
-        writeln!(file, "{acked_seq}")?;
-        file.sync_data()?;
-        fs::rename(&tmp, self.dir.join(FILE_NAME))?;
-        sync_dir(&self.dir)
+    #[test]
+    fn a_torn_slot_falls_back_to_the_previous_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut cursor, _) = Cursor::open(dir.path()).unwrap();
+        cursor.store(7).unwrap(); // slot 0
+        cursor.store(8).unwrap(); // slot 1
+        drop(cursor);
+        let path = dir.path().join(FILE_NAME);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[SLOT_STRIDE as usize + 3] ^= 0xff; // slot 1 torn while it was being written
+        fs::write(&path, &bytes).unwrap();
+
+        assert_eq!(Cursor::open(dir.path()).unwrap().1, 7);
+    }
+
+    #[test]
+    fn damage_to_both_slots_is_an_error_not_a_restart_from_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Cursor::open(dir.path()).unwrap());
+        let path = dir.path().join(FILE_NAME);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[0] ^= 0xff;
+        bytes[SLOT_STRIDE as usize] ^= 0xff;
+        fs::write(&path, &bytes).unwrap();
+
+        let error = Cursor::open(dir.path())
+            .err()
+            .expect("damaged cursor refused");
+        assert!(error.to_string().contains("damaged"), "{error}");
+    }
+
+    #[test]
+    fn a_cursor_of_the_earlier_text_format_is_converted() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(FILE_NAME), "41\n").unwrap();
+
+        let (mut cursor, acked) = Cursor::open(dir.path()).unwrap();
+        assert_eq!(acked, 41);
+        cursor.store(42).unwrap();
+        drop(cursor);
+        assert_eq!(Cursor::open(dir.path()).unwrap().1, 42);
     }
 }

@@ -2,7 +2,8 @@
 //! relaying it. A notification is answered 200 only once its record is fsynced here, so broker
 //! outages, restarts and crashes lose nothing that was acknowledged. Concurrent appends share one
 //! fsync (group commit); the relay reads records in order and acknowledges them through a cursor;
-//! segments whose records are all acknowledged are deleted.
+//! segments whose records are all acknowledged are recycled as later segments (or deleted when
+//! enough spares are kept).
 
 mod cursor;
 mod reader;
@@ -15,6 +16,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -25,10 +27,15 @@ use crate::notification::{unix_millis, Notification};
 pub use reader::SpoolReader;
 pub use record::SpoolRecord;
 use segment::SegmentInfo;
+pub use segment::HEADER_LEN as SEGMENT_HEADER_LEN;
 use writer::{Command, Writer};
 
 /// How many appends may wait for the writer before callers wait to enqueue.
 const QUEUE_DEPTH: usize = 8192;
+/// Relayed segment files kept for reuse; more are deleted. Two cover the steady state (one
+/// segment finishes while the next fills) with one to spare; the disk they take is on top of
+/// `spool.max_bytes`.
+const MAX_SPARES: usize = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
@@ -55,6 +62,8 @@ struct Shared {
     dir: PathBuf,
     max_bytes: u64,
     segments: Mutex<Vec<SegmentInfo>>,
+    /// Relayed segment files waiting to be reused by the writer.
+    spares: Mutex<Vec<PathBuf>>,
     disk_bytes: AtomicU64,
     acked_seq: AtomicU64,
     durable_seq: watch::Sender<u64>,
@@ -83,9 +92,8 @@ impl Spool {
         if lock.try_lock().is_err() {
             return Err(SpoolError::Locked(options.dir.clone()));
         }
-        let cursor = cursor::Cursor::new(&options.dir);
-        let acked = cursor.load()?;
-        let segments = recover(&options.dir, acked, &metrics)?;
+        let (cursor, acked) = cursor::Cursor::open(&options.dir)?;
+        let (segments, spares) = recover(&options.dir, acked, &metrics)?;
         let next_seq = segments
             .iter()
             .map(|s| s.last_seq)
@@ -99,6 +107,7 @@ impl Spool {
             dir: options.dir.clone(),
             max_bytes: options.max_bytes,
             segments: Mutex::new(segments),
+            spares: Mutex::new(spares),
             disk_bytes: AtomicU64::new(disk_bytes),
             acked_seq: AtomicU64::new(acked),
             durable_seq,
@@ -141,9 +150,16 @@ impl Spool {
     /// deletes segments that hold nothing newer.
     pub async fn acknowledge(&self, seq: u64) -> Result<(), SpoolError> {
         let shared = self.shared.clone();
-        tokio::task::spawn_blocking(move || shared.acknowledge(seq))
-            .await
-            .map_err(|e| SpoolError::Io(io::Error::other(e)))??;
+        tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let outcome = shared.acknowledge(seq);
+            shared
+                .metrics
+                .spool_synced("acknowledge", started.elapsed());
+            outcome
+        })
+        .await
+        .map_err(|e| SpoolError::Io(io::Error::other(e)))??;
         Ok(())
     }
 
@@ -191,7 +207,7 @@ impl Spool {
 
 impl Shared {
     fn acknowledge(&self, seq: u64) -> io::Result<()> {
-        let cursor = self.cursor.lock();
+        let mut cursor = self.cursor.lock();
         if seq <= self.acked_seq.load(Ordering::Relaxed) {
             return Ok(());
         }
@@ -205,20 +221,44 @@ impl Shared {
             *segments = keep;
             done
         };
-        if finished.is_empty() {
-            return Ok(());
-        }
         for segment in &finished {
-            fs::remove_file(&segment.path)?;
             self.disk_bytes
                 .fetch_sub(segment.durable_len, Ordering::Relaxed);
+            retire(&self.dir, segment, &mut self.spares.lock())?;
         }
-        segment::sync_dir(&self.dir)
+        // No directory fsync: if a crash loses these renames or deletions, recovery finds the
+        // files again under their segment names, all acknowledged, and retires them again.
+        Ok(())
     }
 }
 
-/// Validates every segment left by the previous run; see [`Spool::open`].
-fn recover(dir: &Path, acked: u64, metrics: &Metrics) -> Result<Vec<SegmentInfo>, SpoolError> {
+/// A relayed segment becomes a spare, or is deleted when there are enough spares.
+fn retire(dir: &Path, segment: &SegmentInfo, spares: &mut Vec<PathBuf>) -> io::Result<()> {
+    if spares.len() < MAX_SPARES {
+        let spare = segment::spare_path_for(dir, segment.first_seq);
+        fs::rename(&segment.path, &spare)?;
+        spares.push(spare);
+        Ok(())
+    } else {
+        fs::remove_file(&segment.path)
+    }
+}
+
+/// Validates every segment left by the previous run and takes stock of the spares; see
+/// [`Spool::open`].
+fn recover(
+    dir: &Path,
+    acked: u64,
+    metrics: &Metrics,
+) -> Result<(Vec<SegmentInfo>, Vec<PathBuf>), SpoolError> {
+    let mut spares = Vec::new();
+    for spare in segment::list_spares(dir)? {
+        if spares.len() < MAX_SPARES {
+            spares.push(spare);
+        } else {
+            fs::remove_file(&spare)?;
+        }
+    }
     let mut kept = Vec::new();
     let mut previous_seq = 0;
     for (first_seq, path) in segment::list(dir)? {
@@ -236,19 +276,21 @@ fn recover(dir: &Path, acked: u64, metrics: &Metrics) -> Result<Vec<SegmentInfo>
                 .inc_by(report.dropped_bytes);
             segment::truncate(&path, report.valid_len)?;
         }
-        if report.records == 0 || report.last_seq <= acked {
-            fs::remove_file(&path)?;
-            continue;
-        }
-        previous_seq = report.last_seq;
-        kept.push(SegmentInfo {
+        let info = SegmentInfo {
             first_seq,
             path,
+            generation: report.generation,
             durable_len: report.valid_len,
             last_seq: report.last_seq,
             closed: true,
-        });
+        };
+        if report.records == 0 || report.last_seq <= acked {
+            retire(dir, &info, &mut spares)?;
+            continue;
+        }
+        previous_seq = report.last_seq;
+        kept.push(info);
     }
     segment::sync_dir(dir)?;
-    Ok(kept)
+    Ok((kept, spares))
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use super::record::{self, DecodeError, SpoolRecord};
+use super::segment::HEADER_LEN;
 use super::Shared;
 
 /// Bytes read from a segment at a time (grown for a larger record).
@@ -20,6 +21,8 @@ pub struct SpoolReader {
     durable: watch::Receiver<u64>,
     /// First sequence number of the segment being read (its name).
     segment_first_seq: u64,
+    /// Generation of the segment being read; its records carry it.
+    generation: u64,
     file: Option<File>,
     offset: u64,
     /// Highest sequence number handed out so far.
@@ -36,8 +39,9 @@ impl SpoolReader {
             shared,
             durable,
             segment_first_seq,
+            generation: 0,
             file: None,
-            offset: 0,
+            offset: HEADER_LEN,
             last_seq,
             chunk: Vec::new(),
         }
@@ -110,7 +114,7 @@ impl SpoolReader {
             file.read_exact_at(&mut self.chunk, self.offset)?;
             let mut used = 0;
             while out.len() < max && used < self.chunk.len() {
-                match record::decode(&self.chunk[used..]) {
+                match record::decode(&self.chunk[used..], self.generation) {
                     Ok((rec, len)) => {
                         used += len;
                         let acked = self.shared.acked_seq.load(Ordering::Relaxed);
@@ -132,6 +136,12 @@ impl SpoolReader {
                     Err(DecodeError::Corrupt(why)) => {
                         self.offset += used as u64;
                         self.report_corruption(why);
+                        return Ok(false);
+                    }
+                    Err(DecodeError::Stale) => {
+                        // Inside the durable part every record is current; this is damage.
+                        self.offset += used as u64;
+                        self.report_corruption("record of another generation");
                         return Ok(false);
                     }
                 }
@@ -157,7 +167,7 @@ impl SpoolReader {
     fn move_to(&mut self, first_seq: u64) {
         self.segment_first_seq = first_seq;
         self.file = None;
-        self.offset = 0;
+        self.offset = HEADER_LEN;
     }
 
     /// Where the current segment's durable data ends, and which segment follows it. If the
@@ -171,8 +181,9 @@ impl SpoolReader {
         if segment.first_seq != self.segment_first_seq {
             self.segment_first_seq = segment.first_seq;
             self.file = None;
-            self.offset = 0;
+            self.offset = HEADER_LEN;
         }
+        self.generation = segment.generation;
         Some(Position {
             durable_len: segment.durable_len,
             closed: segment.closed,

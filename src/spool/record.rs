@@ -1,6 +1,8 @@
 //! The on-disk record format: a length and a CRC-32 header, then the sequence number, the
-//! envelope fields the sinks route by, and the body. The CRC covers everything after the header,
-//! so a torn or corrupted record is recognised on recovery and never relayed.
+//! generation of the segment file it was written into, the envelope fields the sinks route by,
+//! and the body. The CRC covers everything after the header, so a torn or corrupted record is
+//! recognised on recovery and never relayed; the generation tells a record of the file's current
+//! use from a stale one left by an earlier use (segment files are recycled, see `segment`).
 
 use bytes::Bytes;
 
@@ -11,6 +13,9 @@ use crate::notification::Notification;
 pub const HEADER_LEN: usize = 8;
 /// Largest payload a valid record can have; anything larger is corruption.
 pub const MAX_PAYLOAD_LEN: usize = 256 * 1024 * 1024;
+/// The fixed fields of a payload: seq, generation, receive time, event type, object, and
+/// subscription key with its flag, and three text lengths.
+const MIN_PAYLOAD_LEN: usize = 8 + 8 + 8 + 1 + 8 + 1 + 8 + 3 * 2;
 
 /// A notification read back from the spool, with its position in the log.
 #[derive(Debug, Clone)]
@@ -19,12 +24,13 @@ pub struct SpoolRecord {
     pub notification: Notification,
 }
 
-/// Appends the encoded record to `out`.
-pub fn encode(seq: u64, notification: &Notification, out: &mut Vec<u8>) {
+/// Appends the encoded record to `out`; `generation` is that of the segment it goes into.
+pub fn encode(seq: u64, generation: u64, notification: &Notification, out: &mut Vec<u8>) {
     let env = &notification.envelope;
     let start = out.len();
     out.extend_from_slice(&[0u8; HEADER_LEN]);
     out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(&generation.to_le_bytes());
     out.extend_from_slice(&notification.received_at_ms.to_le_bytes());
     out.push(env.event_type.as_str().as_bytes()[0]);
     out.extend_from_slice(&env.dataloy_object.to_le_bytes());
@@ -57,16 +63,19 @@ pub enum DecodeError {
     Incomplete { needed: usize },
     /// The bytes are not a valid record.
     Corrupt(&'static str),
+    /// A valid record from an earlier use of a recycled segment file: the end of the current data.
+    Stale,
 }
 
-/// Decodes the record at the start of `buf`; returns it and its encoded length.
-pub fn decode(buf: &[u8]) -> Result<(SpoolRecord, usize), DecodeError> {
+/// Decodes the record at the start of `buf`, which belongs to a segment of `generation`; returns
+/// it and its encoded length.
+pub fn decode(buf: &[u8], generation: u64) -> Result<(SpoolRecord, usize), DecodeError> {
     if buf.len() < HEADER_LEN {
         return Err(DecodeError::Incomplete { needed: HEADER_LEN });
     }
     let payload_len = u32::from_le_bytes(buf[0..4].try_into().unwrap()) as usize;
     let crc = u32::from_le_bytes(buf[4..8].try_into().unwrap());
-    if !(40..=MAX_PAYLOAD_LEN).contains(&payload_len) {
+    if !(MIN_PAYLOAD_LEN..=MAX_PAYLOAD_LEN).contains(&payload_len) {
         return Err(DecodeError::Corrupt("implausible record length"));
     }
     let total = HEADER_LEN + payload_len;
@@ -79,6 +88,9 @@ pub fn decode(buf: &[u8]) -> Result<(SpoolRecord, usize), DecodeError> {
     }
     let mut cursor = Cursor(payload);
     let seq = cursor.u64()?;
+    if cursor.u64()? != generation {
+        return Err(DecodeError::Stale);
+    }
     let received_at_ms = cursor.u64()?;
     let event_type = cursor
         .take(1)
@@ -148,25 +160,32 @@ mod tests {
     fn round_trip() {
         let n = sample();
         let mut buf = Vec::new();
-        encode(42, &n, &mut buf);
-        let (record, len) = decode(&buf).unwrap();
+        encode(42, 7, &n, &mut buf);
+        let (record, len) = decode(&buf, 7).unwrap();
         assert_eq!(len, buf.len());
         assert_eq!(record.seq, 42);
         assert_eq!(record.notification, n);
     }
 
     #[test]
+    fn a_record_of_another_generation_is_stale_not_corrupt() {
+        let mut buf = Vec::new();
+        encode(42, 7, &sample(), &mut buf);
+        assert_eq!(decode(&buf, 8).unwrap_err(), DecodeError::Stale);
+    }
+
+    #[test]
     fn torn_and_flipped_records_are_detected() {
         let mut buf = Vec::new();
-        encode(1, &sample(), &mut buf);
+        encode(1, 7, &sample(), &mut buf);
         assert!(matches!(
-            decode(&buf[..buf.len() - 1]),
+            decode(&buf[..buf.len() - 1], 7),
             Err(DecodeError::Incomplete { .. })
         ));
         let last = buf.len() - 1;
         buf[last] ^= 0x01;
         assert_eq!(
-            decode(&buf).unwrap_err(),
+            decode(&buf, 7).unwrap_err(),
             DecodeError::Corrupt("checksum mismatch")
         );
     }

@@ -1,21 +1,35 @@
 //! Segment files: the spool is a sequence of append-only files named after the sequence number
-//! of their first record, so they sort in log order and whole files are deleted once every
-//! record in them has been relayed. Also the recovery scan that validates them on start.
+//! of their first record, so they sort in log order. Once every record in a segment has been
+//! relayed, the file is kept as a spare and recycled as a later segment, its old bytes
+//! overwritten in place. Deleting it instead would free its blocks, and on a file system mounted
+//! with online discard, or any busy journal, that stalls every concurrent fsync for tens of
+//! milliseconds (BENCHMARKS.md); overwriting allocated blocks needs no metadata change at all.
+//!
+//! Each segment starts with a header holding a random generation, renewed on every reuse; each
+//! record repeats it, so the recovery scan knows where the current data of a recycled file ends.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::record::{self, DecodeError};
 
 const SUFFIX: &str = ".seg";
+const SPARE_SUFFIX: &str = ".spare";
+const MAGIC: &[u8; 8] = b"DLGWSEG1";
+/// Bytes before the first record: the magic and the generation.
+pub const HEADER_LEN: u64 = 16;
 
 /// What the spool knows about one segment file.
 #[derive(Debug, Clone)]
 pub struct SegmentInfo {
     pub first_seq: u64,
     pub path: PathBuf,
-    /// Bytes known to be on disk (fsynced); readers never read past this.
+    /// Identifies this use of the file; records of an earlier use carry another one.
+    pub generation: u64,
+    /// End of the bytes known to be on disk (fsynced), header included; readers never read
+    /// past this.
     pub durable_len: u64,
     /// Highest sequence number in the durable part; 0 while empty.
     pub last_seq: u64,
@@ -27,32 +41,64 @@ pub fn path_for(dir: &Path, first_seq: u64) -> PathBuf {
     dir.join(format!("{first_seq:020}{SUFFIX}"))
 }
 
+/// Where a relayed segment waits to be recycled.
+pub fn spare_path_for(dir: &Path, first_seq: u64) -> PathBuf {
+    dir.join(format!("{first_seq:020}{SPARE_SUFFIX}"))
+}
+
 /// Segment files in `dir`, in log order.
 pub fn list(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
-    let mut segments = Vec::new();
+    list_with_suffix(dir, SUFFIX)
+}
+
+/// Spare files in `dir`.
+pub fn list_spares(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    Ok(list_with_suffix(dir, SPARE_SUFFIX)?
+        .into_iter()
+        .map(|(_, path)| path)
+        .collect())
+}
+
+fn list_with_suffix(dir: &Path, suffix: &str) -> io::Result<Vec<(u64, PathBuf)>> {
+    let mut files = Vec::new();
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();
         let first_seq = path
             .file_name()
             .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(SUFFIX))
+            .and_then(|n| n.strip_suffix(suffix))
             .and_then(|n| n.parse::<u64>().ok());
         if let Some(first_seq) = first_seq {
-            segments.push((first_seq, path));
+            files.push((first_seq, path));
         }
     }
-    segments.sort_by_key(|(seq, _)| *seq);
-    Ok(segments)
+    files.sort_by_key(|(seq, _)| *seq);
+    Ok(files)
+}
+
+/// Makes `file` a segment of a fresh generation: writes the header over whatever the file held
+/// and makes it durable. Done before the file gets its segment name, so a segment's name never
+/// comes with an old generation, whose records would pass for current ones.
+pub fn start_generation(file: &File) -> io::Result<u64> {
+    let generation = fastrand::u64(1..);
+    let mut header = [0u8; HEADER_LEN as usize];
+    header[..8].copy_from_slice(MAGIC);
+    header[8..].copy_from_slice(&generation.to_le_bytes());
+    file.write_all_at(&header, 0)?;
+    file.sync_data()?;
+    Ok(generation)
 }
 
 /// Result of validating one segment file.
 #[derive(Debug)]
 pub struct ScanReport {
-    /// Length of the valid prefix.
+    pub generation: u64,
+    /// Length of the valid prefix, header included.
     pub valid_len: u64,
     pub last_seq: u64,
     pub records: u64,
-    /// Bytes after the valid prefix (torn tail or corruption); 0 for a clean segment.
+    /// Bytes after the valid prefix (torn tail or corruption); 0 for a clean segment, and for
+    /// stale records left by an earlier use of a recycled file.
     pub dropped_bytes: u64,
     /// Why the scan stopped early, when it did.
     pub problem: Option<&'static str>,
@@ -62,13 +108,38 @@ pub struct ScanReport {
 pub fn scan(path: &Path, after_seq: u64) -> io::Result<ScanReport> {
     let mut bytes = Vec::new();
     File::open(path)?.read_to_end(&mut bytes)?;
-    let mut offset = 0usize;
+    let header = HEADER_LEN as usize;
+    if bytes.is_empty() {
+        // A crash right after the file was created, before its header was written.
+        return Ok(ScanReport {
+            generation: 0,
+            valid_len: 0,
+            last_seq: 0,
+            records: 0,
+            dropped_bytes: 0,
+            problem: None,
+        });
+    }
+    if bytes.len() < header || &bytes[..8] != MAGIC {
+        // Not written by this version: refuse rather than cut away data we do not understand.
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{} is not a spool segment of this gateway version (bad header); move it out of \
+                 the spool directory",
+                path.display()
+            ),
+        ));
+    }
+    let generation = u64::from_le_bytes(bytes[8..header].try_into().expect("8 bytes"));
+    let mut offset = header;
     let mut last_seq = 0u64;
     let mut previous = after_seq;
     let mut records = 0u64;
     let mut problem = None;
+    let mut stale_from = None;
     while offset < bytes.len() {
-        match record::decode(&bytes[offset..]) {
+        match record::decode(&bytes[offset..], generation) {
             Ok((rec, len)) if rec.seq > previous => {
                 previous = rec.seq;
                 last_seq = rec.seq;
@@ -87,13 +158,22 @@ pub fn scan(path: &Path, after_seq: u64) -> io::Result<ScanReport> {
                 problem = Some(why);
                 break;
             }
+            Err(DecodeError::Stale) => {
+                stale_from = Some(offset);
+                break;
+            }
         }
     }
+    let dropped_bytes = match stale_from {
+        Some(_) => 0,
+        None => (bytes.len() - offset) as u64,
+    };
     Ok(ScanReport {
+        generation,
         valid_len: offset as u64,
         last_seq,
         records,
-        dropped_bytes: (bytes.len() - offset) as u64,
+        dropped_bytes,
         problem,
     })
 }

@@ -1,11 +1,15 @@
 //! The spool's single writer thread. It takes every append waiting in its queue, writes them with
 //! one `write` and one `fdatasync`, then answers them all: concurrent requests share one fsync
-//! (group commit) instead of paying one each.
+//! (group commit) instead of paying one each. A new segment reuses a spare file when there is
+//! one (see `segment`).
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -28,6 +32,8 @@ pub(super) struct Writer {
     shared: Arc<Shared>,
     file: File,
     active_first_seq: u64,
+    active_generation: u64,
+    /// End of the durable data in the active segment, header included.
     active_len: u64,
     next_seq: u64,
     segment_bytes: u64,
@@ -42,12 +48,13 @@ impl Writer {
         next_seq: u64,
         segment_bytes: u64,
     ) -> io::Result<Writer> {
-        let file = create_segment(&shared, next_seq)?;
+        let (file, generation) = create_segment(&shared, next_seq)?;
         Ok(Writer {
             shared,
             file,
             active_first_seq: next_seq,
-            active_len: 0,
+            active_generation: generation,
+            active_len: segment::HEADER_LEN,
             next_seq,
             segment_bytes,
             must_roll: false,
@@ -99,7 +106,12 @@ impl Writer {
         let used = self.shared.disk_bytes.load(Ordering::Relaxed);
         for (notification, reply) in group.drain(..) {
             let before = self.buffer.len();
-            record::encode(self.next_seq, &notification, &mut self.buffer);
+            record::encode(
+                self.next_seq,
+                self.active_generation,
+                &notification,
+                &mut self.buffer,
+            );
             if used + self.buffer.len() as u64 > self.shared.max_bytes {
                 self.buffer.truncate(before);
                 let _ = reply.send(Err(SpoolError::Full));
@@ -111,9 +123,10 @@ impl Writer {
         let Some(&(last_seq, _)) = written.last() else {
             return;
         };
+        let started = Instant::now();
         let outcome = self
             .file
-            .write_all(&self.buffer)
+            .write_all_at(&self.buffer, self.active_len)
             .and_then(|()| self.file.sync_data());
         match outcome {
             Ok(()) => {
@@ -126,6 +139,9 @@ impl Writer {
                 });
                 self.shared.write_ok.store(true, Ordering::Relaxed);
                 self.shared.metrics.spool_fsyncs.inc();
+                self.shared
+                    .metrics
+                    .spool_synced("append", started.elapsed());
                 self.shared
                     .metrics
                     .spool_appends
@@ -157,11 +173,12 @@ impl Writer {
         if !(full || self.must_roll) || self.next_seq == self.active_first_seq {
             return Ok(());
         }
-        let file = create_segment(&self.shared, self.next_seq)?;
+        let (file, generation) = create_segment(&self.shared, self.next_seq)?;
         self.update_active(|s| s.closed = true);
         self.file = file;
         self.active_first_seq = self.next_seq;
-        self.active_len = 0;
+        self.active_generation = generation;
+        self.active_len = segment::HEADER_LEN;
         self.must_roll = false;
         Ok(())
     }
@@ -178,20 +195,50 @@ impl Writer {
     }
 }
 
-fn create_segment(shared: &Shared, first_seq: u64) -> io::Result<File> {
+/// Starts the segment whose first record will be `first_seq`, in a spare file if there is one.
+fn create_segment(shared: &Shared, first_seq: u64) -> io::Result<(File, u64)> {
     let path = segment::path_for(&shared.dir, first_seq);
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .open(&path)?;
+    let spare = shared.spares.lock().pop();
+    let recycled = spare.and_then(|spare| match recycle(&spare, &path) {
+        Ok(started) => Some(started),
+        Err(e) => {
+            tracing::warn!(spare = %spare.display(), error = %e, "cannot reuse a spare spool segment; deleting it");
+            let _ = fs::remove_file(&spare);
+            None
+        }
+    });
+    let (file, generation) = match recycled {
+        Some(started) => started,
+        None => {
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .open(&path)?;
+            let generation = segment::start_generation(&file)?;
+            (file, generation)
+        }
+    };
     segment::sync_dir(&shared.dir)?;
     shared.segments.lock().push(SegmentInfo {
         first_seq,
         path,
-        durable_len: 0,
+        generation,
+        durable_len: segment::HEADER_LEN,
         last_seq: 0,
         closed: false,
     });
-    Ok(file)
+    shared
+        .disk_bytes
+        .fetch_add(segment::HEADER_LEN, Ordering::Relaxed);
+    Ok((file, generation))
+}
+
+/// Gives a spare file a fresh generation, then its segment name (in that order: see
+/// `segment::start_generation`).
+fn recycle(spare: &Path, path: &Path) -> io::Result<(File, u64)> {
+    let file = OpenOptions::new().write(true).open(spare)?;
+    let generation = segment::start_generation(&file)?;
+    fs::rename(spare, path)?;
+    Ok((file, generation))
 }

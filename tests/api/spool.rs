@@ -1,5 +1,5 @@
-//! The spool on its own: group commit, order, acknowledgement and cleanup, and recovery from a
-//! torn or corrupted segment.
+//! The spool on its own: group commit, order, acknowledgement and recycling of segments, and
+//! recovery from a torn or corrupted segment.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -8,7 +8,7 @@ use bytes::Bytes;
 use dataloy_gateway::envelope::Envelope;
 use dataloy_gateway::metrics::Metrics;
 use dataloy_gateway::notification::Notification;
-use dataloy_gateway::spool::{Spool, SpoolError, SpoolOptions};
+use dataloy_gateway::spool::{Spool, SpoolError, SpoolOptions, SEGMENT_HEADER_LEN};
 
 use crate::helpers::{metric_value, sample_with_id};
 
@@ -30,10 +30,18 @@ fn open(dir: &Path, segment_bytes: u64, metrics: &Metrics) -> Spool {
 }
 
 fn segment_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    files_ending(dir, "seg")
+}
+
+fn spare_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    files_ending(dir, "spare")
+}
+
+fn files_ending(dir: &Path, extension: &str) -> Vec<std::path::PathBuf> {
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .filter(|p| p.extension().is_some_and(|e| e == extension))
         .collect();
     files.sort();
     files
@@ -80,7 +88,7 @@ async fn concurrent_appends_share_fsyncs_and_keep_order() {
 }
 
 #[tokio::test]
-async fn acknowledged_segments_are_deleted_and_a_reopen_resumes_after_the_cursor() {
+async fn acknowledged_segments_are_retired_and_a_reopen_resumes_after_the_cursor() {
     let dir = tempfile::tempdir().unwrap();
     let metrics = Metrics::new();
     let spool = open(dir.path(), 4096, &metrics);
@@ -98,7 +106,11 @@ async fn acknowledged_segments_are_deleted_and_a_reopen_resumes_after_the_cursor
     assert_eq!(read_ids(&reopened, 100).await, ["a-7", "a-8", "a-9"]);
     assert!(
         segment_files(dir.path()).len() <= 4,
-        "relayed segments deleted"
+        "relayed segments retired"
+    );
+    assert!(
+        spare_files(dir.path()).len() <= 2,
+        "at most two kept for reuse"
     );
 }
 
@@ -116,7 +128,8 @@ async fn a_torn_tail_is_cut_off_reported_and_the_spool_keeps_serving() {
     let segment = segment_files(dir.path()).pop().unwrap();
     let mut bytes = std::fs::read(&segment).unwrap();
     let whole = bytes.len();
-    let half_record = bytes[..100].to_vec();
+    let first_record = SEGMENT_HEADER_LEN as usize;
+    let half_record = bytes[first_record..first_record + 100].to_vec();
     bytes.extend_from_slice(&half_record);
     std::fs::write(&segment, &bytes).unwrap();
 
@@ -148,14 +161,16 @@ async fn a_corrupted_record_is_detected_and_only_what_follows_it_is_lost() {
         if i == 0 {
             record_len = std::fs::metadata(segment_files(dir.path())[0].clone())
                 .unwrap()
-                .len();
+                .len()
+                - SEGMENT_HEADER_LEN;
         }
     }
     spool.close().await;
     drop(spool);
     let segment = segment_files(dir.path()).pop().unwrap();
     let mut bytes = std::fs::read(&segment).unwrap();
-    bytes[record_len as usize * 2 + 200] ^= 0xff; // inside the third record's body
+    // Inside the third record's body.
+    bytes[(SEGMENT_HEADER_LEN + record_len * 2 + 200) as usize] ^= 0xff;
     std::fs::write(&segment, &bytes).unwrap();
 
     let reopened = open(dir.path(), 1 << 20, &metrics);
@@ -220,4 +235,71 @@ async fn a_second_gateway_cannot_open_the_same_spool() {
     );
 
     assert!(matches!(second, Err(SpoolError::Locked(_))));
+}
+
+#[tokio::test]
+async fn relayed_segments_are_recycled_and_their_old_records_never_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Metrics::new();
+    // About three 3.7 kB records per segment.
+    let spool = open(dir.path(), 8192, &metrics);
+    let mut last = 0;
+    for i in 0..12 {
+        last = spool
+            .append(notification(&format!("old-{i}")))
+            .await
+            .unwrap();
+    }
+    spool.acknowledge(last).await.unwrap();
+    let spares = spare_files(dir.path());
+    assert_eq!(spares.len(), 2, "two relayed segments kept for reuse");
+    let old_len = std::fs::metadata(&spares[1]).unwrap().len();
+
+    // The next segment reuses a spare: one new record over three old ones.
+    spool.append(notification("new-0")).await.unwrap();
+    spool.close().await;
+    drop(spool);
+    assert_eq!(spare_files(dir.path()).len(), 1, "a spare was taken");
+    let reused = segment_files(dir.path()).pop().unwrap();
+    assert_eq!(std::fs::metadata(&reused).unwrap().len(), old_len);
+
+    let reopened = open(dir.path(), 8192, &metrics);
+    assert_eq!(read_ids(&reopened, 100).await, ["new-0"]);
+    reopened.append(notification("new-1")).await.unwrap();
+    assert_eq!(read_ids(&reopened, 100).await, ["new-0", "new-1"]);
+    assert_eq!(
+        metric_value(
+            &metrics.render(),
+            "dataloy_gateway_spool_recovery_dropped_bytes_total"
+        ),
+        0.0,
+        "old records end the data cleanly; they are not damage"
+    );
+}
+
+#[tokio::test]
+async fn a_segment_file_it_cannot_read_stops_start_up_instead_of_being_cut_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let foreign = dir.path().join("00000000000000000001.seg");
+    std::fs::write(&foreign, b"not written by this gateway version").unwrap();
+
+    let error = Spool::open(
+        SpoolOptions {
+            dir: dir.path().to_owned(),
+            max_bytes: 64 << 20,
+            segment_bytes: 1 << 20,
+        },
+        Metrics::new(),
+    )
+    .err()
+    .expect("refused");
+
+    assert!(
+        error.to_string().contains("00000000000000000001.seg"),
+        "{error}"
+    );
+    assert_eq!(
+        std::fs::read(&foreign).unwrap(),
+        b"not written by this gateway version"
+    );
 }
