@@ -242,23 +242,21 @@ impl Envelope {
     }
 }
 
-/// Whether brackets outside strings nest deeper than `max`. One pass, no allocation.
+/// Whether brackets outside strings nest deeper than `max`. One pass, no allocation. String
+/// contents, most of a Dataloy body, are skipped with `memchr` rather than looked at byte by
+/// byte (the byte-by-byte loop was a tenth of the request path's CPU in a profile).
 fn nesting_exceeds(body: &[u8], max: usize) -> bool {
     let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &byte in body {
-        if in_string {
-            match (escaped, byte) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
+    let mut at = 0;
+    while let Some(&byte) = body.get(at) {
         match byte {
-            b'"' => in_string = true,
+            b'"' => match end_of_string(body, at + 1) {
+                Some(after) => {
+                    at = after;
+                    continue;
+                }
+                None => return false, // unterminated: the JSON parser reports it
+            },
             b'{' | b'[' => {
                 depth += 1;
                 if depth > max {
@@ -268,8 +266,20 @@ fn nesting_exceeds(body: &[u8], max: usize) -> bool {
             b'}' | b']' => depth = depth.saturating_sub(1),
             _ => {}
         }
+        at += 1;
     }
     false
+}
+
+/// Index just after the quote that closes the string whose contents start at `at`.
+fn end_of_string(body: &[u8], mut at: usize) -> Option<usize> {
+    loop {
+        let found = at + memchr::memchr2(b'"', b'\\', body.get(at..)?)?;
+        if body[found] == b'"' {
+            return Some(found + 1);
+        }
+        at = found + 2; // an escape: the next byte never closes the string
+    }
 }
 
 fn required<'a>(
@@ -367,6 +377,49 @@ mod tests {
         assert!(!nesting_exceeds(shallow.as_bytes(), 128));
         let quoted = format!("[\"{}\\\"\"]", "[".repeat(500));
         assert!(!nesting_exceeds(quoted.as_bytes(), 128));
+        let after_escaped_backslash = format!("[\"a\\\\\",{}]", "[".repeat(200));
+        assert!(nesting_exceeds(after_escaped_backslash.as_bytes(), 128));
+    }
+
+    /// The byte-by-byte scan the fast one replaced: the reference it must agree with.
+    fn nesting_exceeds_by_bytes(body: &[u8], max: usize) -> bool {
+        let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+        for &byte in body {
+            if in_string {
+                match (escaped, byte) {
+                    (true, _) => escaped = false,
+                    (false, b'\\') => escaped = true,
+                    (false, b'"') => in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match byte {
+                b'"' => in_string = true,
+                b'{' | b'[' => {
+                    depth += 1;
+                    if depth > max {
+                        return true;
+                    }
+                }
+                b'}' | b']' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        false
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_fast_nesting_scan_agrees_with_the_byte_by_byte_one(
+            body in proptest::collection::vec(proptest::sample::select(b"[]{}\"\\a".to_vec()), 0..400),
+            max in 0usize..8,
+        ) {
+            proptest::prop_assert_eq!(
+                nesting_exceeds(&body, max),
+                nesting_exceeds_by_bytes(&body, max)
+            );
+        }
     }
 
     #[test]

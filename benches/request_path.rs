@@ -1,0 +1,113 @@
+//! The CPU work of the request path, without its I/O: validating the envelope of the documented
+//! sample and encoding its spool record, against a bare serde_json pass over the same bytes
+//! (measured in the same run, so the ratio is what counts). Then the bytes allocated per
+//! notification as `resource` grows, to check that nothing is copied in proportion to it (the
+//! body itself arrives as one buffer and is shared, not copied). Run:
+//! `cargo bench --bench request_path`. Figures are in BENCHMARKS.md.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use bytes::Bytes;
+use dataloy_gateway::envelope::Envelope;
+use dataloy_gateway::notification::Notification;
+use dataloy_gateway::spool::record;
+
+const SAMPLE: &str = include_str!("../tests/fixtures/bunker-order-updated.json");
+const ROUNDS: usize = 200_000;
+
+/// Counts the bytes allocated through it.
+struct Counting;
+
+static ALLOCATED: AtomicU64 = AtomicU64::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATED.fetch_add(layout.size() as u64, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATED.fetch_add(
+            new_size.saturating_sub(layout.size()) as u64,
+            Ordering::Relaxed,
+        );
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Nanoseconds per call of `work`, best of three rounds of `ROUNDS` calls.
+fn time_per_call(mut work: impl FnMut()) -> f64 {
+    (0..3)
+        .map(|_| {
+            let started = Instant::now();
+            for _ in 0..ROUNDS {
+                work();
+            }
+            started.elapsed().as_nanos() as f64 / ROUNDS as f64
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+/// The sample with its `resource` replaced by one holding a string of `size` bytes.
+fn body_with_resource(size: usize) -> Bytes {
+    let mut value: serde_json::Value = serde_json::from_str(SAMPLE).unwrap();
+    value["resource"] = serde_json::json!({ "remark": "x".repeat(size), "lines": [1, 2, 3] });
+    Bytes::from(serde_json::to_vec(&value).unwrap())
+}
+
+/// Bytes allocated while validating and spooling one notification whose body is `body`.
+fn allocated_per_notification(body: &Bytes, buffer: &mut Vec<u8>) -> u64 {
+    let before = ALLOCATED.load(Ordering::Relaxed);
+    let envelope = Envelope::parse(body).unwrap();
+    let notification = Notification::new(envelope, body.clone());
+    buffer.clear();
+    record::encode(1, 1, &notification, buffer);
+    black_box(&notification);
+    ALLOCATED.load(Ordering::Relaxed) - before
+}
+
+fn main() {
+    let body = Bytes::from_static(SAMPLE.as_bytes());
+    let json_only = time_per_call(|| {
+        black_box(serde_json::from_slice::<serde::de::IgnoredAny>(black_box(&body)).unwrap());
+    });
+    let parse = time_per_call(|| {
+        black_box(Envelope::parse(black_box(&body)).unwrap());
+    });
+    let notification = Notification::new(Envelope::parse(&body).unwrap(), body.clone());
+    let mut buffer = Vec::with_capacity(1 << 20);
+    let encode = time_per_call(|| {
+        buffer.clear();
+        record::encode(1, 1, black_box(&notification), &mut buffer);
+    });
+    println!("sample: {} bytes", body.len());
+    println!("serde_json pass (IgnoredAny): {json_only:8.0} ns");
+    println!(
+        "Envelope::parse:               {parse:8.0} ns  ({:.2} x the serde_json pass)",
+        parse / json_only
+    );
+    println!("spool record encode (+CRC):    {encode:8.0} ns");
+
+    // Warm the buffer so its growth is not counted.
+    let largest = body_with_resource(1 << 20);
+    allocated_per_notification(&largest, &mut buffer);
+    for size in [1 << 10, 64 << 10, 1 << 20] {
+        let body = body_with_resource(size);
+        let allocated = allocated_per_notification(&body, &mut buffer);
+        println!(
+            "resource of {:>7} bytes (body {:>7}): {allocated} bytes allocated to validate and spool",
+            size,
+            body.len()
+        );
+    }
+}
