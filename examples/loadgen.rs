@@ -49,8 +49,13 @@ struct Report {
     statuses: HashMap<u16, usize>,
     errors: usize,
     latencies_us: Vec<u64>,
+    /// When (from the start of the run) each request slower than [`SLOW`] was due, in µs.
+    slow_at_us: Vec<u64>,
     elapsed: Duration,
 }
+
+/// Requests slower than this are located in time, to tell one stall from a spread-out tail.
+const SLOW: Duration = Duration::from_millis(10);
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -108,6 +113,7 @@ async fn drive(args: &Args, bodies: Arc<Vec<Bytes>>) -> Report {
             let (url, bearer, rate) = (args.url.clone(), args.bearer.clone(), args.rate);
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
+                let mut slow_at = Vec::new();
                 let mut statuses: HashMap<u16, usize> = HashMap::new();
                 let mut errors = 0;
                 loop {
@@ -135,9 +141,13 @@ async fn drive(args: &Args, bodies: Arc<Vec<Bytes>>) -> Report {
                         }
                         Err(_) => errors += 1,
                     }
-                    latencies.push(scheduled.elapsed().as_micros() as u64);
+                    let latency = scheduled.elapsed();
+                    latencies.push(latency.as_micros() as u64);
+                    if latency > SLOW {
+                        slow_at.push((scheduled - started).as_micros() as u64);
+                    }
                 }
-                (latencies, statuses, errors)
+                (latencies, slow_at, statuses, errors)
             })
         })
         .collect();
@@ -146,11 +156,13 @@ async fn drive(args: &Args, bodies: Arc<Vec<Bytes>>) -> Report {
         statuses: HashMap::new(),
         errors: 0,
         latencies_us: Vec::new(),
+        slow_at_us: Vec::new(),
         elapsed: Duration::ZERO,
     };
     for worker in workers {
-        let (latencies, statuses, errors) = worker.await.expect("worker");
+        let (latencies, slow_at, statuses, errors) = worker.await.expect("worker");
         report.latencies_us.extend(latencies);
+        report.slow_at_us.extend(slow_at);
         for (status, count) in statuses {
             *report.statuses.entry(status).or_default() += count;
         }
@@ -188,6 +200,20 @@ fn print_report(report: &Report) {
         percentile(99.9),
         percentile(100.0)
     );
+    // Slow requests per 100 ms window of due time: one stall shows as one crowded window.
+    let mut windows: HashMap<u64, usize> = HashMap::new();
+    for at in &report.slow_at_us {
+        *windows.entry(at / 100_000).or_default() += 1;
+    }
+    if let Some((window, count)) = windows.iter().max_by_key(|(_, count)| **count) {
+        println!(
+            "over {} ms: {} requests in {} of the run's 100 ms windows; the most ({count}) due at +{:.1} s",
+            SLOW.as_millis(),
+            report.slow_at_us.len(),
+            windows.len(),
+            *window as f64 / 10.0
+        );
+    }
 }
 
 /// Creates what the sink needs before the load: the Kafka topic, or a RabbitMQ queue bound to

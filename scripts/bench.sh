@@ -33,7 +33,11 @@ gateway() {
 }
 
 stop_gateway() {
-  curl -fsS http://127.0.0.1:19091/metrics | grep -E '^dataloy_gateway_spool_(appends|fsyncs)_total' || true
+  # Group commit, and the server's own view of the tail: requests and spool fsyncs within 10 ms.
+  curl -fsS http://127.0.0.1:19091/metrics | grep -E \
+    -e '^dataloy_gateway_spool_(appends|fsyncs)_total' \
+    -e '^dataloy_gateway_request_duration_seconds_bucket\{outcome="accepted".*le="(0.01|\+Inf)"' \
+    -e '^dataloy_gateway_spool_sync_duration_seconds_bucket\{operation="append",le="(0.01|\+Inf)"' || true
   kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
 }
 
