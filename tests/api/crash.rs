@@ -63,6 +63,8 @@ workers = 2
 bind = "127.0.0.1:0"
 [spool]
 dir = "{spool}"
+# Small segments: under load they roll and are recycled many times, so a kill lands among them.
+segment_bytes = "64KiB"
 [relay]
 retry_initial_backoff = "20ms"
 retry_max_backoff = "200ms"
