@@ -39,19 +39,21 @@ impl Cursor {
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(e),
         };
-        let acked = match stored {
-            Some(Stored::Slots(acked)) => acked,
+        // The next store goes to the slot not holding the stored position, so that a torn write
+        // can only lose what it was writing.
+        let (acked, next_slot) = match stored {
+            Some(Stored::Slots { acked, slot }) => (acked, 1 - slot),
             Some(Stored::Text(acked)) => {
                 create(dir, acked)?;
-                acked
+                (acked, 0)
             }
             None => {
                 create(dir, 0)?;
-                0
+                (0, 0)
             }
         };
         let file = OpenOptions::new().write(true).open(&path)?;
-        Ok((Cursor { file, next_slot: 0 }, acked))
+        Ok((Cursor { file, next_slot }, acked))
     }
 
     /// Stores `acked_seq` durably, in the slot not written last.
@@ -65,7 +67,11 @@ impl Cursor {
 }
 
 enum Stored {
-    Slots(u64),
+    /// The highest valid position and the slot (0 or 1) holding it.
+    Slots {
+        acked: u64,
+        slot: u64,
+    },
     Text(u64),
 }
 
@@ -78,18 +84,22 @@ fn slot(seq: u64) -> [u8; SLOT_LEN] {
 }
 
 fn read_slots(bytes: &[u8]) -> io::Result<Stored> {
-    let valid = [0, SLOT_STRIDE as usize].into_iter().filter_map(|at| {
-        let slot = &bytes[at..at + SLOT_LEN];
-        let seq = u64::from_le_bytes(slot[..8].try_into().expect("8 bytes"));
-        let crc = u32::from_le_bytes(slot[8..].try_into().expect("4 bytes"));
-        (crc32fast::hash(&slot[..8]) == crc).then_some(seq)
+    let valid = [0u64, 1].into_iter().filter_map(|slot| {
+        let at = (slot * SLOT_STRIDE) as usize;
+        let bytes = &bytes[at..at + SLOT_LEN];
+        let seq = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+        let crc = u32::from_le_bytes(bytes[8..].try_into().expect("4 bytes"));
+        (crc32fast::hash(&bytes[..8]) == crc).then_some((seq, slot))
     });
-    valid.max().map(Stored::Slots).ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            "spool cursor file is damaged: neither of its slots holds a valid position",
-        )
-    })
+    let newest = valid.max_by_key(|&(seq, _)| seq);
+    newest
+        .map(|(acked, slot)| Stored::Slots { acked, slot })
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "spool cursor file is damaged: neither of its slots holds a valid position",
+            )
+        })
 }
 
 fn read_text(bytes: &[u8]) -> io::Result<Stored> {
@@ -146,6 +156,26 @@ mod tests {
         fs::write(&path, &bytes).unwrap();
 
         assert_eq!(Cursor::open(dir.path()).unwrap().1, 7);
+    }
+
+    #[test]
+    fn after_a_reopen_the_newest_position_is_not_the_one_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut cursor, _) = Cursor::open(dir.path()).unwrap();
+        cursor.store(7).unwrap(); // slot 0
+        cursor.store(8).unwrap(); // slot 1
+        cursor.store(9).unwrap(); // slot 0: the newest
+        drop(cursor);
+        let (mut reopened, acked) = Cursor::open(dir.path()).unwrap();
+        assert_eq!(acked, 9);
+        reopened.store(10).unwrap();
+        drop(reopened);
+        let path = dir.path().join(FILE_NAME);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[SLOT_STRIDE as usize + 3] ^= 0xff; // that store was torn
+        fs::write(&path, &bytes).unwrap();
+
+        assert_eq!(Cursor::open(dir.path()).unwrap().1, 9);
     }
 
     #[test]
