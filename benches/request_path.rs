@@ -5,9 +5,7 @@
 //! body itself arrives as one buffer and is shared, not copied). Run:
 //! `cargo bench --bench request_path`. Figures are in BENCHMARKS.md.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -18,32 +16,11 @@ use dataloy_gateway::spool::record;
 const SAMPLE: &str = include_str!("../tests/fixtures/bunker-order-updated.json");
 const ROUNDS: usize = 200_000;
 
-/// Counts the bytes allocated through it.
-struct Counting;
-
-static ALLOCATED: AtomicU64 = AtomicU64::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATED.fetch_add(layout.size() as u64, Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATED.fetch_add(
-            new_size.saturating_sub(layout.size()) as u64,
-            Ordering::Relaxed,
-        );
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+#[path = "../examples/support/counting_allocator.rs"]
+mod counting_allocator;
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static ALLOCATOR: counting_allocator::CountingAllocator = counting_allocator::CountingAllocator;
 
 /// Nanoseconds per call of `work`, best of three rounds of `ROUNDS` calls.
 fn time_per_call(mut work: impl FnMut()) -> f64 {
@@ -67,13 +44,13 @@ fn body_with_resource(size: usize) -> Bytes {
 
 /// Bytes allocated while validating and spooling one notification whose body is `body`.
 fn allocated_per_notification(body: &Bytes, buffer: &mut Vec<u8>) -> u64 {
-    let before = ALLOCATED.load(Ordering::Relaxed);
+    let before = counting_allocator::counts().allocated;
     let envelope = Envelope::parse(body).unwrap();
     let notification = Notification::new(envelope, body.clone());
     buffer.clear();
     record::encode(1, 1, &notification, buffer);
     black_box(&notification);
-    ALLOCATED.load(Ordering::Relaxed) - before
+    counting_allocator::counts().allocated - before
 }
 
 fn main() {

@@ -2,38 +2,15 @@
 //! claim and commit N ids (default 1,000,000), then divide the bytes still allocated by N.
 //! `cargo run --release --example dedup_memory -- 1000000`
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Duration;
 
 use dataloy_gateway::dedup::{ClaimOutcome, Deduplicator, MemoryDedup};
 
-struct Counting;
-
-static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE_BYTES.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE_BYTES.fetch_add(
-            new_size as isize - layout.size() as isize,
-            Ordering::Relaxed,
-        );
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+#[path = "support/counting_allocator.rs"]
+mod counting_allocator;
 
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: counting_allocator::CountingAllocator = counting_allocator::CountingAllocator;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
@@ -43,7 +20,7 @@ async fn main() {
         .unwrap_or(1_000_000);
     let lease = Duration::from_secs(30);
     let ttl = Duration::from_secs(24 * 3600);
-    let before = LIVE_BYTES.load(Ordering::Relaxed);
+    let before = counting_allocator::counts().live;
     let dedup = MemoryDedup::new(n);
     let mut id = String::new();
     for i in 0..n {
@@ -55,7 +32,7 @@ async fn main() {
         };
         dedup.commit(&id, token, ttl).await.unwrap();
     }
-    let used = LIVE_BYTES.load(Ordering::Relaxed) - before;
+    let used = counting_allocator::counts().live - before;
     println!(
         "{n} ids held ({} entries): {used} bytes allocated, {:.1} bytes per id",
         dedup.entry_count().unwrap(),
