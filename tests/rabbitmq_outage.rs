@@ -69,22 +69,7 @@ async fn a_rabbitmq_restart_mid_stream_loses_and_duplicates_nothing() {
     // Act: stop the broker, keep sending, start it again, keep sending.
     let _restart = RestartOnDrop;
     rabbitmqctl("stop_app");
-    for id in &ids[10..20] {
-        assert_eq!(
-            app.post(sample_with_id(id)).await.status(),
-            200,
-            "accepted during the outage"
-        );
-    }
-    assert!(
-        eventually(|| async { app.ready_status().await == 503 }).await,
-        "readiness reports the outage"
-    );
-    assert_eq!(
-        app.metric("dataloy_gateway_sink_up{sink=\"rabbitmq\"}")
-            .await,
-        0.0
-    );
+    app.post_during_outage(&ids[10..20], "rabbitmq").await;
     rabbitmqctl("start_app");
     for id in &ids[20..] {
         assert_eq!(app.post(sample_with_id(id)).await.status(), 200);

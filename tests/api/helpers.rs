@@ -147,6 +147,27 @@ impl TestApp {
             .as_u16()
     }
 
+    /// Posts `ids` while `sink`'s broker is down: each is still accepted, readiness turns 503
+    /// and the sink reports itself down.
+    pub async fn post_during_outage(&self, ids: &[String], sink: &str) {
+        for id in ids {
+            assert_eq!(
+                self.post(sample_with_id(id)).await.status(),
+                200,
+                "accepted during the outage"
+            );
+        }
+        assert!(
+            eventually(|| async { self.ready_status().await == 503 }).await,
+            "readiness reports the outage"
+        );
+        assert_eq!(
+            self.metric(&format!("dataloy_gateway_sink_up{{sink=\"{sink}\"}}"))
+                .await,
+            0.0
+        );
+    }
+
     /// Waits until the file sink holds `count` bodies, and returns them.
     pub async fn wait_for_events(&self, count: usize) -> Vec<serde_json::Value> {
         wait_for_events(&self.events_path, count).await
