@@ -36,6 +36,24 @@ impl Source {
     }
 }
 
+/// Which durable spool write was timed; a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpoolSync {
+    /// One group commit: write and fdatasync of the appends waiting together.
+    Append,
+    /// One cursor store after a relayed batch.
+    Acknowledge,
+}
+
+impl SpoolSync {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpoolSync::Append => "append",
+            SpoolSync::Acknowledge => "acknowledge",
+        }
+    }
+}
+
 /// How a request ended; a metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -333,10 +351,10 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    /// Time of one durable spool write; `operation` is `append` or `acknowledge`.
-    pub fn spool_synced(&self, operation: &str, elapsed: Duration) {
+    /// Time of one durable spool write.
+    pub fn spool_synced(&self, operation: SpoolSync, elapsed: Duration) {
         self.spool_sync_duration
-            .with_label_values(&[operation])
+            .with_label_values(&[operation.as_str()])
             .observe(elapsed.as_secs_f64());
     }
 

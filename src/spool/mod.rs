@@ -21,7 +21,7 @@ use std::time::Instant;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, SpoolSync};
 use crate::notification::{unix_millis, Notification};
 
 pub use reader::SpoolReader;
@@ -155,7 +155,7 @@ impl Spool {
             let outcome = shared.acknowledge(seq);
             shared
                 .metrics
-                .spool_synced("acknowledge", started.elapsed());
+                .spool_synced(SpoolSync::Acknowledge, started.elapsed());
             outcome
         })
         .await
@@ -224,7 +224,11 @@ impl Shared {
         for segment in &finished {
             self.disk_bytes
                 .fetch_sub(segment.durable_len, Ordering::Relaxed);
-            retire(&self.dir, segment, &mut self.spares.lock())?;
+            // The cursor is stored, so this is housekeeping: a file left behind is retired by
+            // the next recovery, and the other finished segments are still retired now.
+            if let Err(e) = retire(&self.dir, segment, &mut self.spares.lock()) {
+                tracing::warn!(segment = %segment.path.display(), error = %e, "cannot retire a relayed spool segment; recovery will");
+            }
         }
         // No directory fsync: if a crash loses these renames or deletions, recovery finds the
         // files again under their segment names, all acknowledged, and retires them again.

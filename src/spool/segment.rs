@@ -137,7 +137,7 @@ pub fn scan(path: &Path, after_seq: u64) -> io::Result<ScanReport> {
     let mut previous = after_seq;
     let mut records = 0u64;
     let mut problem = None;
-    let mut stale_from = None;
+    let mut stale_tail = false;
     while offset < bytes.len() {
         match record::decode(&bytes[offset..], generation) {
             Ok((rec, len)) if rec.seq > previous => {
@@ -159,14 +159,16 @@ pub fn scan(path: &Path, after_seq: u64) -> io::Result<ScanReport> {
                 break;
             }
             Err(DecodeError::Stale) => {
-                stale_from = Some(offset);
+                stale_tail = true;
                 break;
             }
         }
     }
-    let dropped_bytes = match stale_from {
-        Some(_) => 0,
-        None => (bytes.len() - offset) as u64,
+    // Records of the file's earlier use end the data; they are not damage.
+    let dropped_bytes = if stale_tail {
+        0
+    } else {
+        (bytes.len() - offset) as u64
     };
     Ok(ScanReport {
         generation,

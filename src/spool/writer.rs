@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::record;
 use super::segment::{self, SegmentInfo};
 use super::{Shared, SpoolError};
+use crate::metrics::SpoolSync;
 use crate::notification::Notification;
 
 /// Most appends written in one group; bounds the latency of the first one in the group.
@@ -141,7 +142,7 @@ impl Writer {
                 self.shared.metrics.spool_fsyncs.inc();
                 self.shared
                     .metrics
-                    .spool_synced("append", started.elapsed());
+                    .spool_synced(SpoolSync::Append, started.elapsed());
                 self.shared
                     .metrics
                     .spool_appends
