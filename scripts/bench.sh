@@ -37,7 +37,7 @@ stop_gateway() {
   curl -fsS http://127.0.0.1:19091/metrics | grep -E \
     -e '^dataloy_gateway_spool_(appends|fsyncs)_total' \
     -e '^dataloy_gateway_request_duration_seconds_bucket\{outcome="accepted".*le="(0.01|\+Inf)"' \
-    -e '^dataloy_gateway_spool_sync_duration_seconds_bucket\{operation="append",le="(0.01|\+Inf)"' || true
+    -e '^dataloy_gateway_spool_sync_duration_seconds_bucket\{operation="append",le="(0.01|0.05|0.25|1|\+Inf)"' || true
   kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
 }
 
