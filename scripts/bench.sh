@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the measurements of BENCHMARKS.md on this machine: the HTTP-only baseline and the gateway
 # (durable spool, dedup on) with the file, Kafka and RabbitMQ sinks, each loaded by the same
-# loadgen; latency at half of the Kafka rate; start-up time; memory per dedup entry.
+# loadgen; latency at half of the Kafka rate, for the gateway and, as a control, the baseline;
+# start-up time; memory per dedup entry.
 # Usage: scripts/bench.sh [REQUESTS] [CONCURRENCY]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -67,6 +68,12 @@ echo "## gateway, Kafka sink, at half that rate ($half req/s)"
 gateway kafka-half "[sinks.kafka]" 'brokers = "127.0.0.1:9092"' "topic = \"bench-$$-half.{objectType}\""
 loadgen --url http://127.0.0.1:18081/webhooks/dataloy --rate "$half" --verify "kafka:127.0.0.1:9092/bench-$$-half.PortCall"
 stop_gateway
+
+echo "## HTTP-only baseline at the same rate ($half req/s): the machine's own tail, as a control"
+"$bin"/examples/baseline_server 127.0.0.1:18090 2 & pids+=($!)
+sleep 0.5
+loadgen --url http://127.0.0.1:18090/webhooks/dataloy --rate "$half"
+kill "${pids[-1]}"
 
 echo "## gateway, RabbitMQ sink"
 gateway rabbitmq "[sinks.rabbitmq]" "exchange = \"bench-$$\""
