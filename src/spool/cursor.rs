@@ -2,8 +2,8 @@
 //!
 //! It is stored after every relayed batch, so it must be cheap and crash-safe. The file holds two
 //! checksummed slots, a page apart, written in turn and overwritten in place with one
-//! `fdatasync`: no new file, no rename, no directory fsync, so no file-system journal commit on
-//! this path (which would delay the spool writer's fsyncs). A torn write can only damage the
+//! `fdatasync`: no new file, no rename, no directory fsync, so no metadata write (or journal commit,
+//! on a journaling file system) on this path to delay the spool writer's fsyncs. A torn write can only damage the
 //! slot being written; the other still holds the previous value, and loading takes the highest
 //! valid slot.
 
