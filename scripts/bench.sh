@@ -2,7 +2,7 @@
 # Runs the measurements of BENCHMARKS.md on this machine: the HTTP-only baseline and the gateway
 # (durable spool, dedup on) with the file, Kafka and RabbitMQ sinks, each loaded by the same
 # loadgen; latency at half of the Kafka rate, for the gateway and, as a control, the baseline;
-# start-up time; memory per dedup entry.
+# exactly-once delivery with resent ids; start-up time; memory per dedup entry.
 # Usage: scripts/bench.sh [REQUESTS] [CONCURRENCY]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -79,6 +79,11 @@ echo "## gateway, RabbitMQ sink"
 gateway rabbitmq "[sinks.rabbitmq]" "exchange = \"bench-$$\""
 LOADGEN_EXCHANGE="bench-$$" loadgen --url http://127.0.0.1:18081/webhooks/dataloy \
   --verify "rabbitmq:amqp://guest:guest@127.0.0.1:5672/%2f#bench-$$"
+stop_gateway
+
+echo "## gateway, Kafka sink, 20 % of the requests resending an earlier id (Dataloy's retries)"
+gateway kafka-dup "[sinks.kafka]" 'brokers = "127.0.0.1:9092"' "topic = \"bench-$$-dup.{objectType}\""
+loadgen --url http://127.0.0.1:18081/webhooks/dataloy --duplicates 0.2 --verify "kafka:127.0.0.1:9092/bench-$$-dup.PortCall"
 stop_gateway
 
 echo "## memory per dedup entry"
