@@ -3,6 +3,8 @@
 //! machinery). The load tool shares the two cores with the server it measures, so every
 //! microsecond it spends per request is taken from the server; this keeps that share small.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::{self, SendRequest};
@@ -69,11 +71,16 @@ impl Connection {
         }
     }
 
-    /// Posts one JSON body and reads the whole answer; returns its status code.
-    pub async fn post(&mut self, body: Bytes) -> anyhow::Result<u16> {
-        let outcome = self.try_post(body).await;
+    /// Posts one JSON body and reads the whole answer within `timeout`; returns its status code.
+    pub async fn post(&mut self, body: Bytes, timeout: Duration) -> anyhow::Result<u16> {
+        let outcome = match tokio::time::timeout(timeout, self.try_post(body)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(anyhow::anyhow!("no answer within {timeout:?}")),
+        };
         if outcome.is_err() {
-            self.sender = None; // the next request opens a fresh connection
+            // A failed or abandoned exchange leaves the connection in an unknown state: the
+            // next request opens a fresh one.
+            self.sender = None;
         }
         outcome
     }

@@ -134,10 +134,9 @@ async fn drive(args: &Args, endpoint: Endpoint, bodies: Arc<Vec<Bytes>>) -> Repo
                         }
                         None => Instant::now(),
                     };
-                    let answer = tokio::time::timeout(TIMEOUT, connection.post(body.clone())).await;
-                    match answer {
-                        Ok(Ok(status)) => *statuses.entry(status).or_default() += 1,
-                        Ok(Err(_)) | Err(_) => errors += 1,
+                    match connection.post(body.clone(), TIMEOUT).await {
+                        Ok(status) => *statuses.entry(status).or_default() += 1,
+                        Err(_) => errors += 1,
                     }
                     let latency = scheduled.elapsed();
                     latencies.push(latency.as_micros() as u64);
