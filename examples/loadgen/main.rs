@@ -55,6 +55,8 @@ struct Report {
     ok: usize,
     statuses: HashMap<u16, usize>,
     errors: usize,
+    /// The first transport error, to say why requests failed.
+    first_error: Option<String>,
     latencies_us: Vec<u64>,
     /// When (from the start of the run) each request slower than [`SLOW`] was due, in µs.
     slow_at_us: Vec<u64>,
@@ -123,6 +125,7 @@ async fn drive(args: &Args, endpoint: Endpoint, bodies: Arc<Vec<Bytes>>) -> Repo
                 let mut slow_at = Vec::new();
                 let mut statuses: HashMap<u16, usize> = HashMap::new();
                 let mut errors = 0;
+                let mut first_error = None;
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(body) = bodies.get(i) else { break };
@@ -136,7 +139,10 @@ async fn drive(args: &Args, endpoint: Endpoint, bodies: Arc<Vec<Bytes>>) -> Repo
                     };
                     match connection.post(body.clone(), TIMEOUT).await {
                         Ok(status) => *statuses.entry(status).or_default() += 1,
-                        Err(_) => errors += 1,
+                        Err(e) => {
+                            errors += 1;
+                            first_error.get_or_insert_with(|| format!("{e:#}"));
+                        }
                     }
                     let latency = scheduled.elapsed();
                     latencies.push(latency.as_micros() as u64);
@@ -144,14 +150,16 @@ async fn drive(args: &Args, endpoint: Endpoint, bodies: Arc<Vec<Bytes>>) -> Repo
                         slow_at.push((scheduled - started).as_micros() as u64);
                     }
                 }
-                (latencies, slow_at, statuses, errors)
+                (latencies, slow_at, statuses, errors, first_error)
             })
         })
         .collect();
     let (mut latencies_us, mut slow_at_us, mut all_statuses, mut all_errors) =
         (Vec::new(), Vec::new(), HashMap::new(), 0);
+    let mut first_error = None;
     for worker in workers {
-        let (latencies, slow_at, statuses, errors) = worker.await.expect("worker");
+        let (latencies, slow_at, statuses, errors, error) = worker.await.expect("worker");
+        first_error = first_error.or(error);
         latencies_us.extend(latencies);
         slow_at_us.extend(slow_at);
         for (status, count) in statuses {
@@ -163,6 +171,7 @@ async fn drive(args: &Args, endpoint: Endpoint, bodies: Arc<Vec<Bytes>>) -> Repo
         ok: all_statuses.get(&200).copied().unwrap_or(0),
         statuses: all_statuses,
         errors: all_errors,
+        first_error,
         latencies_us,
         slow_at_us,
         elapsed: started.elapsed(),
@@ -189,6 +198,9 @@ fn print_report(report: &Report) {
         report.statuses,
         report.errors
     );
+    if let Some(error) = &report.first_error {
+        println!("first transport error: {error}");
+    }
     println!(
         "latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
         percentile(50.0),
