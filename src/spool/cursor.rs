@@ -2,10 +2,10 @@
 //!
 //! It is stored after every relayed batch, so it must be cheap and crash-safe. The file holds two
 //! checksummed slots, a page apart, written in turn and overwritten in place with one
-//! `fdatasync`: no new file, no rename, no directory fsync, so no metadata write (or journal commit,
-//! on a journaling file system) on this path to delay the spool writer's fsyncs. A torn write can only damage the
-//! slot being written; the other still holds the previous value, and loading takes the highest
-//! valid slot.
+//! `fdatasync`: no new file, no rename, no directory fsync, so no metadata write (or journal
+//! commit, on a journaling file system) on this path to delay the spool writer's fsyncs. A torn
+//! write can only damage the slot being written; the other still holds the previous value, and
+//! loading takes the highest valid slot.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};

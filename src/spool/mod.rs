@@ -85,7 +85,8 @@ pub struct Spool {
 
 impl Spool {
     /// Opens (or creates) the spool in `options.dir`, recovering from a crash: torn or corrupt
-    /// records are cut off and reported, fully relayed segments are removed.
+    /// records are cut off and reported, fully relayed segments are retired (kept as spares or
+    /// deleted).
     pub fn open(options: SpoolOptions, metrics: Metrics) -> Result<Spool, SpoolError> {
         fs::create_dir_all(&options.dir)?;
         let lock = File::create(options.dir.join("lock"))?;
@@ -147,7 +148,7 @@ impl Spool {
     }
 
     /// Records that every sink confirmed all records up to `seq`: stores the cursor durably and
-    /// deletes segments that hold nothing newer.
+    /// retires segments that hold nothing newer.
     pub async fn acknowledge(&self, seq: u64) -> Result<(), SpoolError> {
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
