@@ -5,7 +5,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use dataloy_gateway::envelope::Envelope;
@@ -61,6 +61,7 @@ async fn segment_log(dir: &Path) -> Figures {
                 dir: dir.to_owned(),
                 max_bytes: 4 << 30,
                 segment_bytes: 64 << 20,
+                commit_interval: Duration::ZERO,
             },
             metrics.clone(),
         )

@@ -14,6 +14,8 @@ use crate::sink::template::Template;
 
 /// Prefix of environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "DATALOY_GATEWAY";
+/// Longest `spool.commit_interval` accepted: the interval adds up to itself to answers under load.
+const MAX_COMMIT_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Why the configuration cannot be used; every variant names the offending key.
 #[derive(Debug, thiserror::Error)]
@@ -244,6 +246,11 @@ pub struct SpoolSettings {
     pub max_bytes: ByteSize,
     /// Size at which the spool starts a new segment file.
     pub segment_bytes: ByteSize,
+    /// Under concurrent load, the least time between the starts of two group commits: appends
+    /// arriving meanwhile share the next fsync. A lone sender is never held back. `0s` turns it
+    /// off (every group is written as soon as the previous fsync ends).
+    #[serde(with = "humantime_serde")]
+    pub commit_interval: Duration,
 }
 
 impl Default for SpoolSettings {
@@ -253,6 +260,7 @@ impl Default for SpoolSettings {
             dir: PathBuf::from("data/spool"),
             max_bytes: ByteSize(1024 * 1024 * 1024),
             segment_bytes: ByteSize(64 * 1024 * 1024),
+            commit_interval: Duration::from_millis(1),
         }
     }
 }
@@ -547,6 +555,12 @@ impl Settings {
             let segment = self.spool.segment_bytes.bytes();
             if segment < 4096 {
                 return Err(invalid("spool.segment_bytes", "must be at least 4096"));
+            }
+            if self.spool.commit_interval > MAX_COMMIT_INTERVAL {
+                return Err(invalid(
+                    "spool.commit_interval",
+                    "must be at most 100ms (it delays answers under load)",
+                ));
             }
             if self.spool.max_bytes.bytes() < segment.saturating_mul(2) {
                 return Err(invalid(

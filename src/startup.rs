@@ -59,6 +59,7 @@ impl Application {
                 dir: settings.spool.dir.clone(),
                 max_bytes: settings.spool.max_bytes.bytes(),
                 segment_bytes: settings.spool.segment_bytes.bytes(),
+                commit_interval: settings.spool.commit_interval,
             };
             let spool = Spool::open(options, metrics.clone()).with_context(|| {
                 format!("cannot open spool.dir {}", settings.spool.dir.display())

@@ -16,7 +16,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -55,6 +55,8 @@ pub struct SpoolOptions {
     pub dir: PathBuf,
     pub max_bytes: u64,
     pub segment_bytes: u64,
+    /// Least time between the starts of two group commits under concurrent load.
+    pub commit_interval: Duration,
 }
 
 /// State shared by the writer thread, the reader and the acknowledging relay.
@@ -117,7 +119,12 @@ impl Spool {
             cursor: Mutex::new(cursor),
             metrics,
         });
-        let writer = Writer::start(shared.clone(), next_seq, options.segment_bytes)?;
+        let writer = Writer::start(
+            shared.clone(),
+            next_seq,
+            options.segment_bytes,
+            options.commit_interval,
+        )?;
         let (commands, queue) = mpsc::channel(QUEUE_DEPTH);
         let thread = std::thread::Builder::new()
             .name("spool-writer".into())

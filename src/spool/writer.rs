@@ -1,7 +1,9 @@
 //! The spool's single writer thread. It takes every append waiting in its queue, writes them with
 //! one `write` and one `fdatasync`, then answers them all: concurrent requests share one fsync
-//! (group commit) instead of paying one each. A new segment reuses a spare file when there is
-//! one (see `segment`).
+//! (group commit) instead of paying one each. Under concurrent load it also keeps a least
+//! interval between commits, so that a group collects more appends: each fsync costs CPU and an
+//! I/O operation whatever it carries (see BENCHMARKS.md). A new segment reuses a spare file when
+//! there is one (see `segment`).
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -9,7 +11,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -41,6 +43,9 @@ pub(super) struct Writer {
     /// Set after a failed write: the next group starts a fresh segment.
     must_roll: bool,
     buffer: Vec<u8>,
+    commit_interval: Duration,
+    /// When the last group commit started, and how many appends it held.
+    last_commit: Option<(Instant, usize)>,
 }
 
 impl Writer {
@@ -48,6 +53,7 @@ impl Writer {
         shared: Arc<Shared>,
         next_seq: u64,
         segment_bytes: u64,
+        commit_interval: Duration,
     ) -> io::Result<Writer> {
         let (file, generation) = create_segment(&shared, next_seq)?;
         Ok(Writer {
@@ -60,6 +66,8 @@ impl Writer {
             segment_bytes,
             must_roll: false,
             buffer: Vec::with_capacity(1 << 20),
+            commit_interval,
+            last_commit: None,
         })
     }
 
@@ -68,7 +76,10 @@ impl Writer {
         'serve: while let Some(first) = queue.blocking_recv() {
             let mut closing = false;
             match first {
-                Command::Append(n, reply) => group.push((n, reply)),
+                Command::Append(n, reply) => {
+                    self.wait_for_company();
+                    group.push((n, reply));
+                }
                 Command::Close => closing = true,
             }
             while !closing && group.len() < MAX_GROUP {
@@ -90,10 +101,27 @@ impl Writer {
         }
     }
 
+    /// When the previous group held more than one append (requests arrive concurrently), waits
+    /// until `commit_interval` after that group's commit started, so this group collects the
+    /// appends that arrive meanwhile. A sender that waits for each answer before sending the next
+    /// makes groups of one and is never held back.
+    fn wait_for_company(&self) {
+        let Some((started, appends)) = self.last_commit else {
+            return;
+        };
+        if appends < 2 {
+            return;
+        }
+        if let Some(wait) = self.commit_interval.checked_sub(started.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    }
+
     fn write_group(&mut self, group: &mut Vec<(Notification, Reply)>) {
         if group.is_empty() {
             return;
         }
+        self.last_commit = Some((Instant::now(), group.len()));
         if let Err(e) = self.roll_if_needed() {
             tracing::error!(error = %e, "cannot start a new spool segment");
             self.shared.write_ok.store(false, Ordering::Relaxed);

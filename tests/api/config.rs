@@ -99,6 +99,11 @@ fn errors_name_the_key() {
             vec![],
         ),
         (
+            "spool.commit_interval",
+            format!("[spool]\ncommit_interval = \"1s\"\n{MINIMAL}"),
+            vec![],
+        ),
+        (
             "dedup.ttl",
             format!("[dedup]\nttl = \"forever\"\n{MINIMAL}"),
             vec![],

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use dataloy_gateway::envelope::Envelope;
@@ -18,15 +19,89 @@ fn notification(id: &str) -> Notification {
 }
 
 fn open(dir: &Path, segment_bytes: u64, metrics: &Metrics) -> Spool {
+    open_pacing(dir, segment_bytes, Duration::ZERO, metrics)
+}
+
+fn open_pacing(
+    dir: &Path,
+    segment_bytes: u64,
+    commit_interval: Duration,
+    metrics: &Metrics,
+) -> Spool {
     Spool::open(
         SpoolOptions {
             dir: dir.to_owned(),
             max_bytes: 64 << 20,
             segment_bytes,
+            commit_interval,
         },
         metrics.clone(),
     )
     .unwrap()
+}
+
+fn fsyncs(metrics: &Metrics) -> f64 {
+    metric_value(&metrics.render(), "dataloy_gateway_spool_fsyncs_total")
+}
+
+/// Fsyncs taken by ten appends sent 20 ms apart, right after a burst of concurrent appends.
+async fn fsyncs_for_spaced_appends(commit_interval: Duration) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Metrics::new();
+    let spool = Arc::new(open_pacing(dir.path(), 1 << 20, commit_interval, &metrics));
+    let burst = (0..50).map(|i| {
+        let spool = spool.clone();
+        async move { spool.append(notification(&format!("b-{i}"))).await.unwrap() }
+    });
+    futures::future::join_all(burst).await;
+    let before = fsyncs(&metrics);
+    let spaced = (0..10u64).map(|i| {
+        let spool = spool.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(20 * i)).await;
+            spool.append(notification(&format!("s-{i}"))).await.unwrap()
+        }
+    });
+    futures::future::join_all(spaced).await;
+    let records = spool.reader().read_available(100).unwrap();
+    assert_eq!(records.len(), 60, "every append is durable and readable");
+    fsyncs(&metrics) - before
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_concurrent_load_appends_wait_for_the_commit_interval_and_share_an_fsync() {
+    // The burst leaves groups of more than one append: the writer then paces its commits.
+    let paced = fsyncs_for_spaced_appends(Duration::from_millis(400)).await;
+    let unpaced = fsyncs_for_spaced_appends(Duration::ZERO).await;
+    assert!(
+        paced <= 2.0,
+        "appends 20 ms apart within a 400 ms commit interval share a commit: {paced} fsyncs"
+    );
+    assert!(
+        unpaced >= 5.0,
+        "without an interval, appends 20 ms apart are committed one by one: {unpaced} fsyncs"
+    );
+}
+
+#[tokio::test]
+async fn a_sender_that_waits_for_each_answer_is_not_held_back_by_the_commit_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Metrics::new();
+    let interval = Duration::from_secs(5);
+    let spool = open_pacing(dir.path(), 1 << 20, interval, &metrics);
+    let started = std::time::Instant::now();
+    for i in 0..5 {
+        spool
+            .append(notification(&format!("one-{i}")))
+            .await
+            .unwrap();
+    }
+    assert_eq!(fsyncs(&metrics), 5.0, "one commit per append");
+    assert!(
+        started.elapsed() < interval,
+        "groups of one are written at once, not paced: {:?} for five appends",
+        started.elapsed()
+    );
 }
 
 fn segment_files(dir: &Path) -> Vec<std::path::PathBuf> {
@@ -194,6 +269,7 @@ async fn a_full_spool_refuses_and_recovers_when_space_is_freed() {
             dir: dir.path().to_owned(),
             max_bytes: 16 * 1024,
             segment_bytes: 4096,
+            commit_interval: Duration::ZERO,
         },
         metrics,
     )
@@ -230,6 +306,7 @@ async fn a_second_gateway_cannot_open_the_same_spool() {
             dir: dir.path().to_owned(),
             max_bytes: 64 << 20,
             segment_bytes: 1 << 20,
+            commit_interval: Duration::ZERO,
         },
         metrics,
     );
@@ -288,6 +365,7 @@ async fn a_segment_file_it_cannot_read_stops_start_up_instead_of_being_cut_away(
             dir: dir.path().to_owned(),
             max_bytes: 64 << 20,
             segment_bytes: 1 << 20,
+            commit_interval: Duration::ZERO,
         },
         Metrics::new(),
     )
