@@ -1,6 +1,7 @@
 //! The embedded default sink: appends each body, exactly as received, plus a newline to a local
-//! file (compact bodies, as Dataloy sends them, make it JSON Lines). Useful without any broker,
-//! and as the reference sink in tests.
+//! file (compact bodies, as Dataloy sends them, make it JSON Lines; a body that spans lines is
+//! kept as it is, so the file is a stream of JSON values). Useful without any broker, and as the
+//! reference sink in tests.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -10,6 +11,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
+use serde::de::IgnoredAny;
 
 use super::{PublishError, Sink, SinkError};
 use crate::config::FileSinkSettings;
@@ -92,35 +94,77 @@ fn open_append(path: &Path) -> std::io::Result<File> {
         .open(path)
 }
 
-/// A crash in the middle of a write can leave a partial last line; that batch was never
-/// confirmed, so the relay writes it again. Cut the partial line off first, so the file stays a
-/// sequence of complete bodies.
+/// A crash in the middle of a write can leave a partial last body; that batch was never
+/// confirmed, so the relay writes it again. Cut it off first, so the file stays a sequence of
+/// complete bodies. Bodies may span lines (they are relayed as received), so the last newline
+/// says nothing: the file is read as a stream of JSON values, and what follows the newline after
+/// the last complete one is cut. A file that does not start with a JSON value is not this
+/// sink's output: it is left alone and the sink stays down.
 fn cut_torn_tail(file: &File) -> std::io::Result<()> {
-    use std::os::unix::fs::FileExt;
     let len = file.metadata()?.len();
     if len == 0 {
         return Ok(());
     }
-    let mut last = [0u8; 1];
-    file.read_exact_at(&mut last, len - 1)?;
-    if last[0] == b'\n' {
+    let keep = complete_records_len(file)?;
+    if keep == len {
         return Ok(());
     }
-    let window = len.min(4 * 1024 * 1024);
-    let mut tail = vec![0u8; window as usize];
-    file.read_exact_at(&mut tail, len - window)?;
-    let keep = match tail.iter().rposition(|b| *b == b'\n') {
-        Some(at) => len - window + at as u64 + 1,
-        None if window == len => 0,
-        None => return Ok(()), // a single line longer than the window: leave it
-    };
     tracing::warn!(
         sink = "file",
         cut_bytes = len - keep,
-        "cutting a partial last line left by a crash"
+        "cutting a partial last body left by a crash"
     );
     file.set_len(keep)?;
     file.sync_data()
+}
+
+/// Length of the longest prefix made of complete bodies, each followed by its newline.
+fn complete_records_len(file: &File) -> std::io::Result<u64> {
+    let reader = std::io::BufReader::with_capacity(1 << 20, file);
+    let mut values = serde_json::Deserializer::from_reader(reader).into_iter::<IgnoredAny>();
+    let mut keep = 0;
+    loop {
+        match values.next() {
+            None => return Ok(keep),
+            Some(Ok(_)) => {
+                if let Some(end) = end_of_record(file, values.byte_offset() as u64)? {
+                    keep = end;
+                }
+            }
+            Some(Err(e)) if e.is_io() => return Err(e.into()),
+            Some(Err(e)) if keep == 0 && !e.is_eof() => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("the file holds something other than notification bodies ({e}); move it aside"),
+                ));
+            }
+            // Torn (or zero-filled) after the last complete body.
+            Some(Err(_)) => return Ok(keep),
+        }
+    }
+}
+
+/// Where the record whose body ends at `value_end` ends: just after the last newline of the
+/// whitespace that follows the body; `None` when no newline follows (the write stopped there).
+fn end_of_record(file: &File, value_end: u64) -> std::io::Result<Option<u64>> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = [0u8; 256];
+    let mut at = value_end;
+    let mut end = None;
+    loop {
+        let read = file.read_at(&mut buf, at)?;
+        for (i, byte) in buf[..read].iter().enumerate() {
+            match byte {
+                b'\n' => end = Some(at + i as u64 + 1),
+                b' ' | b'\t' | b'\r' => {}
+                _ => return Ok(end),
+            }
+        }
+        if read < buf.len() {
+            return Ok(end);
+        }
+        at += read as u64;
+    }
 }
 
 #[async_trait]

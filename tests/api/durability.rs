@@ -180,3 +180,47 @@ async fn a_partial_line_left_in_the_file_sink_by_a_crash_is_cut_off() {
 
     assert_eq!(ids_of(&app.wait_for_events(2).await), ["before", "after"]);
 }
+
+#[tokio::test]
+async fn a_torn_body_that_spans_lines_is_cut_off_even_when_it_ends_with_a_newline() {
+    // The documented sample is pretty-printed: a crash can stop its write at a line's end, where
+    // the file's last byte is a newline but its last body is incomplete.
+    let sample = sample_with_id("torn");
+    let cut_at = sample.len() / 2;
+    let torn_end = cut_at + sample[cut_at..].iter().position(|b| *b == b'\n').unwrap() + 1;
+    let app = spawn_app_with(|_, dir| {
+        std::fs::create_dir_all(dir.join("out")).unwrap();
+        let file = [&sample_with_id("before")[..], b"\n", &sample[..torn_end]].concat();
+        std::fs::write(dir.join("out/events.jsonl"), file).unwrap();
+    })
+    .await;
+
+    assert_eq!(app.post(sample_with_id("after")).await.status(), 200);
+
+    assert_eq!(ids_of(&app.wait_for_events(2).await), ["before", "after"]);
+}
+
+#[tokio::test]
+async fn a_file_sink_path_that_holds_something_else_is_left_alone_and_the_sink_stays_down() {
+    let foreign = b"these are someone's notes,\nnot notification bodies\n";
+    let app = spawn_app_with(|_, dir| {
+        std::fs::create_dir_all(dir.join("out")).unwrap();
+        std::fs::write(dir.join("out/events.jsonl"), foreign).unwrap();
+    })
+    .await;
+
+    assert_eq!(
+        app.post(sample_with_id("kept")).await.status(),
+        200,
+        "accepted into the spool"
+    );
+    assert!(
+        eventually(|| async { app.ready_status().await == 503 }).await,
+        "readiness reports the sink down"
+    );
+    assert_eq!(
+        std::fs::read(&app.events_path).unwrap(),
+        foreign,
+        "the file is not cut"
+    );
+}
