@@ -98,8 +98,9 @@ fn open_append(path: &Path) -> std::io::Result<File> {
 /// confirmed, so the relay writes it again. Cut it off first, so the file stays a sequence of
 /// complete bodies. Bodies may span lines (they are relayed as received), so the last newline
 /// says nothing: the file is read as a stream of JSON values, and what follows the newline after
-/// the last complete one is cut. A file that does not start with a JSON value is not this
-/// sink's output: it is left alone and the sink stays down.
+/// the last complete one is cut. A crash damages only the end of the file: when a complete body
+/// follows the damage, or the file does not start with a JSON value, the file is not what this
+/// sink left behind; it is left alone and the sink stays down.
 fn cut_torn_tail(file: &File) -> std::io::Result<()> {
     let len = file.metadata()?.len();
     if len == 0 {
@@ -138,10 +139,54 @@ fn complete_records_len(file: &File) -> std::io::Result<u64> {
                     format!("the file holds something other than notification bodies ({e}); move it aside"),
                 ));
             }
-            // Torn (or zero-filled) after the last complete body.
-            Some(Err(_)) => return Ok(keep),
+            Some(Err(e)) => {
+                if complete_body_follows(file, keep)? {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("the file is damaged after byte {keep} ({e}) and complete bodies follow; move it aside"),
+                    ));
+                }
+                // Torn (or zero-filled) after the last complete body.
+                return Ok(keep);
+            }
         }
     }
+}
+
+/// Whether a complete JSON object starts at the beginning of a line somewhere after `from` (only
+/// the first few candidates are tried: a torn tail is at most one batch).
+fn complete_body_follows(file: &File, from: u64) -> std::io::Result<bool> {
+    use std::io::{BufRead, Seek, SeekFrom};
+    const CANDIDATES: usize = 64;
+    let mut lines = std::io::BufReader::new(file);
+    lines.seek(SeekFrom::Start(from))?;
+    let mut at = from;
+    let mut line = Vec::new();
+    let mut tried = 0;
+    while tried < CANDIDATES {
+        line.clear();
+        let read = lines.read_until(b'\n', &mut line)?;
+        if read == 0 {
+            return Ok(false);
+        }
+        at += read as u64;
+        if line.ends_with(b"\n") && starts_an_object(file, at)? {
+            tried += 1;
+            let mut rest = std::io::BufReader::new(file);
+            rest.seek(SeekFrom::Start(at))?;
+            let mut values = serde_json::Deserializer::from_reader(rest).into_iter::<IgnoredAny>();
+            if matches!(values.next(), Some(Ok(_))) {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
+fn starts_an_object(file: &File, at: u64) -> std::io::Result<bool> {
+    use std::os::unix::fs::FileExt;
+    let mut first = [0u8; 1];
+    Ok(file.read_at(&mut first, at)? == 1 && first[0] == b'{')
 }
 
 /// Where the record whose body ends at `value_end` ends: just after the last newline of the

@@ -201,6 +201,36 @@ async fn a_torn_body_that_spans_lines_is_cut_off_even_when_it_ends_with_a_newlin
 }
 
 #[tokio::test]
+async fn a_file_sink_output_damaged_before_complete_bodies_is_left_alone_and_the_sink_stays_down() {
+    // A crash only tears the end; damage followed by complete bodies is something else, and
+    // cutting there would destroy bodies that were delivered.
+    let damaged = [
+        minimal("before").as_bytes(),
+        b"\n{\"id\":\"torn\n",
+        minimal("later").as_bytes(),
+        b"\n",
+    ]
+    .concat();
+    let file = damaged.clone();
+    let app = spawn_app_with(move |_, dir| {
+        std::fs::create_dir_all(dir.join("out")).unwrap();
+        std::fs::write(dir.join("out/events.jsonl"), &file).unwrap();
+    })
+    .await;
+
+    assert_eq!(app.post(sample_with_id("kept")).await.status(), 200);
+    assert!(
+        eventually(|| async { app.ready_status().await == 503 }).await,
+        "readiness reports the sink down"
+    );
+    assert_eq!(
+        std::fs::read(&app.events_path).unwrap(),
+        damaged,
+        "the file is not cut"
+    );
+}
+
+#[tokio::test]
 async fn a_file_sink_path_that_holds_something_else_is_left_alone_and_the_sink_stays_down() {
     let foreign = b"these are someone's notes,\nnot notification bodies\n";
     let app = spawn_app_with(|_, dir| {
