@@ -167,77 +167,28 @@ async fn a_graceful_restart_resumes_from_the_cursor_without_republishing() {
     );
 }
 
-#[tokio::test]
-async fn a_partial_line_left_in_the_file_sink_by_a_crash_is_cut_off() {
-    let app = spawn_app_with(|_, dir| {
+/// Starts a gateway whose file sink finds `contents` left in its file.
+async fn spawn_app_over_sink_file(contents: Vec<u8>) -> TestApp {
+    spawn_app_with(move |_, dir| {
         std::fs::create_dir_all(dir.join("out")).unwrap();
-        let torn = [minimal("before").as_bytes(), b"\n", b"{\"id\":\"torn"].concat();
-        std::fs::write(dir.join("out/events.jsonl"), torn).unwrap();
+        std::fs::write(dir.join("out/events.jsonl"), &contents).unwrap();
     })
-    .await;
+    .await
+}
+
+/// The torn end of `before`'s file is cut: a notification posted now follows `before` cleanly.
+async fn assert_torn_tail_cut(contents: Vec<u8>) {
+    let app = spawn_app_over_sink_file(contents).await;
 
     assert_eq!(app.post(sample_with_id("after")).await.status(), 200);
 
     assert_eq!(ids_of(&app.wait_for_events(2).await), ["before", "after"]);
 }
 
-#[tokio::test]
-async fn a_torn_body_that_spans_lines_is_cut_off_even_when_it_ends_with_a_newline() {
-    // The documented sample is pretty-printed: a crash can stop its write at a line's end, where
-    // the file's last byte is a newline but its last body is incomplete.
-    let sample = sample_with_id("torn");
-    let cut_at = sample.len() / 2;
-    let torn_end = cut_at + sample[cut_at..].iter().position(|b| *b == b'\n').unwrap() + 1;
-    let app = spawn_app_with(|_, dir| {
-        std::fs::create_dir_all(dir.join("out")).unwrap();
-        let file = [&sample_with_id("before")[..], b"\n", &sample[..torn_end]].concat();
-        std::fs::write(dir.join("out/events.jsonl"), file).unwrap();
-    })
-    .await;
-
-    assert_eq!(app.post(sample_with_id("after")).await.status(), 200);
-
-    assert_eq!(ids_of(&app.wait_for_events(2).await), ["before", "after"]);
-}
-
-#[tokio::test]
-async fn a_file_sink_output_damaged_before_complete_bodies_is_left_alone_and_the_sink_stays_down() {
-    // A crash only tears the end; damage followed by complete bodies is something else, and
-    // cutting there would destroy bodies that were delivered.
-    let damaged = [
-        minimal("before").as_bytes(),
-        b"\n{\"id\":\"torn\n",
-        minimal("later").as_bytes(),
-        b"\n",
-    ]
-    .concat();
-    let file = damaged.clone();
-    let app = spawn_app_with(move |_, dir| {
-        std::fs::create_dir_all(dir.join("out")).unwrap();
-        std::fs::write(dir.join("out/events.jsonl"), &file).unwrap();
-    })
-    .await;
-
-    assert_eq!(app.post(sample_with_id("kept")).await.status(), 200);
-    assert!(
-        eventually(|| async { app.ready_status().await == 503 }).await,
-        "readiness reports the sink down"
-    );
-    assert_eq!(
-        std::fs::read(&app.events_path).unwrap(),
-        damaged,
-        "the file is not cut"
-    );
-}
-
-#[tokio::test]
-async fn a_file_sink_path_that_holds_something_else_is_left_alone_and_the_sink_stays_down() {
-    let foreign = b"these are someone's notes,\nnot notification bodies\n";
-    let app = spawn_app_with(|_, dir| {
-        std::fs::create_dir_all(dir.join("out")).unwrap();
-        std::fs::write(dir.join("out/events.jsonl"), foreign).unwrap();
-    })
-    .await;
+/// A file the sink did not leave behind is not touched: the sink stays down and notifications
+/// wait in the spool.
+async fn assert_file_left_alone(contents: Vec<u8>) {
+    let app = spawn_app_over_sink_file(contents.clone()).await;
 
     assert_eq!(
         app.post(sample_with_id("kept")).await.status(),
@@ -250,7 +201,44 @@ async fn a_file_sink_path_that_holds_something_else_is_left_alone_and_the_sink_s
     );
     assert_eq!(
         std::fs::read(&app.events_path).unwrap(),
-        foreign,
+        contents,
         "the file is not cut"
     );
+}
+
+#[tokio::test]
+async fn a_partial_line_left_in_the_file_sink_by_a_crash_is_cut_off() {
+    assert_torn_tail_cut([minimal("before").as_bytes(), b"\n", b"{\"id\":\"torn"].concat()).await;
+}
+
+#[tokio::test]
+async fn a_torn_body_that_spans_lines_is_cut_off_even_when_it_ends_with_a_newline() {
+    // The documented sample is pretty-printed: a crash can stop its write at a line's end, where
+    // the file's last byte is a newline but its last body is incomplete.
+    let sample = sample_with_id("torn");
+    let cut_at = sample.len() / 2;
+    let torn_end = cut_at + sample[cut_at..].iter().position(|b| *b == b'\n').unwrap() + 1;
+    assert_torn_tail_cut([&sample_with_id("before")[..], b"\n", &sample[..torn_end]].concat())
+        .await;
+}
+
+#[tokio::test]
+async fn a_file_sink_output_damaged_before_complete_bodies_is_left_alone_and_the_sink_stays_down() {
+    // A crash only tears the end; damage followed by complete bodies is something else, and
+    // cutting there would destroy bodies that were delivered.
+    assert_file_left_alone(
+        [
+            minimal("before").as_bytes(),
+            b"\n{\"id\":\"torn\n",
+            minimal("later").as_bytes(),
+            b"\n",
+        ]
+        .concat(),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_file_sink_path_that_holds_something_else_is_left_alone_and_the_sink_stays_down() {
+    assert_file_left_alone(b"these are someone's notes,\nnot notification bodies\n".to_vec()).await;
 }
