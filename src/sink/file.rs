@@ -119,48 +119,60 @@ fn cut_torn_tail(file: &File) -> std::io::Result<()> {
     file.sync_data()
 }
 
-/// Length of the longest prefix made of complete bodies, each followed by its newline.
+/// Length of the longest prefix made of complete bodies, each followed by its newline. The file
+/// is read once; only the ends of the last two bodies are looked at again.
 fn complete_records_len(file: &File) -> std::io::Result<u64> {
     let reader = std::io::BufReader::with_capacity(1 << 20, file);
     let mut values = serde_json::Deserializer::from_reader(reader).into_iter::<IgnoredAny>();
-    let mut keep = 0;
-    loop {
+    // Where the last two complete bodies end: the last may lack its newline (torn right there).
+    let (mut previous_end, mut last_end) = (None, None);
+    let failure = loop {
         match values.next() {
-            None => return Ok(keep),
+            None => break None,
             Some(Ok(_)) => {
-                if let Some(end) = end_of_record(file, values.byte_offset() as u64)? {
-                    keep = end;
-                }
+                previous_end = last_end;
+                last_end = Some(values.byte_offset() as u64);
             }
             Some(Err(e)) if e.is_io() => return Err(e.into()),
-            Some(Err(e)) if keep == 0 && !e.is_eof() => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("the file holds something other than notification bodies ({e}); move it aside"),
-                ));
-            }
-            Some(Err(e)) => {
-                if complete_body_follows(file, keep)? {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        format!("the file is damaged after byte {keep} ({e}) and complete bodies follow; move it aside"),
-                    ));
-                }
-                // Torn (or zero-filled) after the last complete body.
-                return Ok(keep);
-            }
+            Some(Err(e)) => break Some(e),
         }
+    };
+    let mut keep = 0;
+    for end in [previous_end, last_end].into_iter().flatten() {
+        if let Some(record_end) = end_of_record(file, end)? {
+            keep = record_end;
+        }
+    }
+    match failure {
+        Some(e) if last_end.is_none() && !e.is_eof() => Err(not_this_sinks_output(format!(
+            "it holds something other than notification bodies ({e})"
+        ))),
+        Some(e) if complete_body_follows(file, last_end.unwrap_or(0))? => {
+            Err(not_this_sinks_output(format!(
+                "it is damaged after byte {keep} ({e}) and complete bodies follow"
+            )))
+        }
+        // Clean, or torn (or zero-filled) after the last complete body.
+        _ => Ok(keep),
     }
 }
 
-/// Whether a complete JSON object starts at the beginning of a line somewhere after `from` (only
-/// the first few candidates are tried: a torn tail is at most one batch).
+fn not_this_sinks_output(why: String) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!("the file sink's file is not what a crash leaves behind: {why}; move it aside"),
+    )
+}
+
+/// Whether a complete JSON object starts at the beginning of a line after `from`, the end of the
+/// last complete body (only the first few candidates are tried: a torn tail is at most one
+/// batch).
 fn complete_body_follows(file: &File, from: u64) -> std::io::Result<bool> {
     use std::io::{BufRead, Seek, SeekFrom};
     const CANDIDATES: usize = 64;
     let mut lines = std::io::BufReader::new(file);
     lines.seek(SeekFrom::Start(from))?;
-    let mut at = from;
+    let mut line_start = from;
     let mut line = Vec::new();
     let mut tried = 0;
     while tried < CANDIDATES {
@@ -169,24 +181,18 @@ fn complete_body_follows(file: &File, from: u64) -> std::io::Result<bool> {
         if read == 0 {
             return Ok(false);
         }
-        at += read as u64;
-        if line.ends_with(b"\n") && starts_an_object(file, at)? {
+        if line.first() == Some(&b'{') {
             tried += 1;
             let mut rest = std::io::BufReader::new(file);
-            rest.seek(SeekFrom::Start(at))?;
+            rest.seek(SeekFrom::Start(line_start))?;
             let mut values = serde_json::Deserializer::from_reader(rest).into_iter::<IgnoredAny>();
             if matches!(values.next(), Some(Ok(_))) {
                 return Ok(true);
             }
         }
+        line_start += read as u64;
     }
     Ok(false)
-}
-
-fn starts_an_object(file: &File, at: u64) -> std::io::Result<bool> {
-    use std::os::unix::fs::FileExt;
-    let mut first = [0u8; 1];
-    Ok(file.read_at(&mut first, at)? == 1 && first[0] == b'{')
 }
 
 /// Where the record whose body ends at `value_end` ends: just after the last newline of the

@@ -223,6 +223,21 @@ async fn a_torn_body_that_spans_lines_is_cut_off_even_when_it_ends_with_a_newlin
 }
 
 #[tokio::test]
+async fn a_complete_body_whose_newline_never_came_is_cut_off_even_when_zeros_follow() {
+    // Without a journal, a crash can leave allocated but unwritten blocks as zeros.
+    assert_torn_tail_cut(
+        [
+            minimal("before").as_bytes(),
+            b"\n",
+            minimal("unconfirmed").as_bytes(),
+            &[0u8; 64],
+        ]
+        .concat(),
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn a_file_sink_output_damaged_before_complete_bodies_is_left_alone_and_the_sink_stays_down() {
     // A crash only tears the end; damage followed by complete bodies is something else, and
     // cutting there would destroy bodies that were delivered.
