@@ -146,13 +146,8 @@ struct RawEnvelope<'a> {
 
 impl<'a> RawEnvelope<'a> {
     fn take(&mut self, member: scan::Member<'a>) {
-        let key = if member.raw_key.contains('\\') {
-            match serde_json::from_str::<String>(&format!("\"{}\"", member.raw_key)) {
-                Ok(key) => Cow::Owned(key),
-                Err(_) => return, // not a name we look for
-            }
-        } else {
-            Cow::Borrowed(member.raw_key)
+        let Some(key) = member_name(member.raw_key) else {
+            return; // an escape that is not valid in a name: not one we look for
         };
         let slot = match key.as_ref() {
             "id" => &mut self.id,
@@ -225,19 +220,24 @@ impl Envelope {
         })?;
 
         let subscription = required("subscription", raw.subscription)?;
+        let not_an_object = || EnvelopeError::InvalidField {
+            field: "subscription",
+            reason: "must be an object",
+        };
         if !subscription.starts_with('{') {
-            return Err(EnvelopeError::InvalidField {
-                field: "subscription",
-                reason: "must be an object",
-            });
+            return Err(not_an_object());
         }
-        let mut subscription_key = None;
+        let (mut subscription_key, mut keys) = (None, 0);
         scan::scan(subscription, MAX_NESTING, |member| {
-            if member.raw_key == "key" {
+            if member_name(member.raw_key).as_deref() == Some("key") {
                 subscription_key = serde_json::from_str::<i64>(member.value).ok();
+                keys += 1;
             }
         })
-        .expect("a member of a valid body is valid");
+        .map_err(|_| not_an_object())?;
+        if keys > 1 {
+            return Err(not_an_object());
+        }
 
         if let Some(resource) = raw.resource {
             if !(resource.starts_with('{') || resource == "null") {
@@ -256,6 +256,17 @@ impl Envelope {
             dataloy_object,
             subscription_key,
         })
+    }
+}
+
+/// A member's name with its escapes decoded; borrowed from the body when it has none.
+fn member_name(raw_key: &str) -> Option<Cow<'_, str>> {
+    if raw_key.contains('\\') {
+        serde_json::from_str::<String>(&format!("\"{raw_key}\""))
+            .ok()
+            .map(Cow::Owned)
+    } else {
+        Some(Cow::Borrowed(raw_key))
     }
 }
 
@@ -398,7 +409,28 @@ mod tests {
     }
 
     fn with_member(extra: &str) -> Vec<u8> {
-        format!(r#"{{"id":"x","eventTime":"2016-09-14T13:37:26","objectType":"X","eventType":"C","dataloyObject":1,"subscription":{{"key":7}}{extra}}}"#).into_bytes()
+        with_subscription(r#"{"key":7}"#, extra)
+    }
+
+    fn with_subscription(subscription: &str, extra: &str) -> Vec<u8> {
+        format!(r#"{{"id":"x","eventTime":"2016-09-14T13:37:26","objectType":"X","eventType":"C","dataloyObject":1,"subscription":{subscription}{extra}}}"#).into_bytes()
+    }
+
+    #[test]
+    fn the_subscription_key_is_found_like_any_member() {
+        let key = |subscription: &str| {
+            Envelope::parse(&with_subscription(subscription, "")).map(|e| e.subscription_key)
+        };
+        assert_eq!(key(r#"{"self":"x","key":7}"#), Ok(Some(7)));
+        assert_eq!(key(r#"{"k\u0065y":8}"#), Ok(Some(8)));
+        assert_eq!(key(r#"{"key":"7"}"#), Ok(None));
+        assert_eq!(key("{}"), Ok(None));
+        let refused = Err(EnvelopeError::InvalidField {
+            field: "subscription",
+            reason: "must be an object",
+        });
+        assert_eq!(key(r#"{"key":7,"key":8}"#), refused);
+        assert_eq!(key("[7]"), refused);
     }
 
     #[test]
