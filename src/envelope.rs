@@ -292,9 +292,15 @@ fn explain_invalid_json(text: &str) -> EnvelopeError {
         #[serde(borrow, default)]
         resource: Option<&'a RawValue>,
     }
-    let message = match serde_json::from_str::<Members<'_>>(text) {
+    // A struct would also take an array, and judge a scalar by its type rather than its syntax.
+    let outcome = if text.trim_start().starts_with('{') {
+        serde_json::from_str::<Members<'_>>(text).map(drop)
+    } else {
+        serde_json::from_str::<serde::de::IgnoredAny>(text).map(drop)
+    };
+    let message = match outcome {
         Err(e) => e.to_string(),
-        Ok(_) => "not a single well-formed JSON value".to_owned(),
+        Ok(()) => "not a single well-formed JSON value".to_owned(),
     };
     EnvelopeError::InvalidJson(message)
 }
@@ -470,6 +476,13 @@ mod tests {
         let error = Envelope::parse(b"{\n\"id\": 1,\n}").unwrap_err();
         assert_eq!(error.code(), "invalid_json");
         assert!(error.to_string().contains("line 3 column 1"), "{error}");
+        for (body, message) in [
+            (&b"1 2"[..], "trailing characters at line 1 column 3"),
+            (b"[1,", "EOF while parsing a value at line 1 column 3"),
+        ] {
+            let error = Envelope::parse(body).unwrap_err();
+            assert!(error.to_string().contains(message), "{error}");
+        }
     }
 
     #[test]
