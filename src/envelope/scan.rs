@@ -5,7 +5,7 @@
 //! the request path's own CPU in a profile (BENCHMARKS.md). It builds nothing and allocates
 //! nothing; it only answers "valid or not" — the caller asks `serde_json` why when it is not.
 //!
-//! The body must already be valid UTF-8 (checked by the caller), so strings are scanned as bytes.
+//! The body comes as a `&str`, already valid UTF-8, so strings are scanned as bytes.
 //! Like `serde_json` when it skips a value, a `\uXXXX` escape needs four hex digits but may be a
 //! lone surrogate; a member the caller decodes is checked in full there.
 
