@@ -2,6 +2,8 @@
 //! a successful delivery report and librdkafka's own retries neither reorder nor duplicate. Topic
 //! and key come from templates over the envelope; the value is the received body, unchanged.
 
+mod delivery;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,8 +13,9 @@ use parking_lot::{Mutex, RwLock};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseRecord, FutureProducer, Producer, ThreadedProducer};
 
+use self::delivery::{BatchReports, Failure, ReportCounter};
 use super::template::Template;
 use super::{PublishError, Sink, SinkError};
 use crate::config::KafkaSinkSettings;
@@ -29,7 +32,7 @@ pub enum KafkaSinkError {
 
 pub struct KafkaSink {
     config: ClientConfig,
-    producer: RwLock<FutureProducer>,
+    producer: RwLock<ThreadedProducer<ReportCounter>>,
     /// Set when the producer timed out or failed fatally: its idempotence state (producer id
     /// and sequence numbers) may no longer match the broker's, e.g. after a broker lost its
     /// state. A fresh producer is created once the broker answers again.
@@ -45,7 +48,9 @@ impl KafkaSink {
     /// background: an unreachable broker makes the sink down, not the start-up fail.
     pub fn new(settings: &KafkaSinkSettings) -> Result<Self, KafkaSinkError> {
         let config = client_config(settings);
-        let producer: FutureProducer = config.create().map_err(KafkaSinkError::Client)?;
+        let producer = config
+            .create_with_context(ReportCounter)
+            .map_err(KafkaSinkError::Client)?;
         // The probe has a client of its own, so its view of the broker does not depend on the
         // producer's state.
         let probe_client: FutureProducer = config
@@ -76,11 +81,11 @@ impl KafkaSink {
 
 impl KafkaSink {
     /// The producer to publish with, replacing a stale one once the broker answers again.
-    fn current_producer(&self) -> Result<FutureProducer, PublishError> {
+    fn current_producer(&self) -> Result<ThreadedProducer<ReportCounter>, PublishError> {
         if self.stale.load(Ordering::Relaxed) && self.up.load(Ordering::Relaxed) {
-            let fresh: FutureProducer = self
+            let fresh = self
                 .config
-                .create()
+                .create_with_context(ReportCounter)
                 .map_err(|e| PublishError::none_confirmed(SinkError::Unavailable(e.to_string())))?;
             tracing::info!(
                 sink = "kafka",
@@ -211,72 +216,51 @@ impl Sink for KafkaSink {
 
     async fn publish(&self, batch: &[Notification]) -> Result<(), PublishError> {
         let producer = self.current_producer()?;
-        // Enqueue the whole batch first (librdkafka batches and pipelines it), then wait for
-        // the delivery reports in order.
-        let mut deliveries = Vec::with_capacity(batch.len());
-        let mut enqueue_error = None;
-        for notification in batch {
+        // Enqueue the whole batch first (librdkafka batches and pipelines it), then wait until
+        // every enqueued message is reported.
+        let reports = BatchReports::new();
+        for (index, notification) in batch.iter().enumerate() {
             let topic = self.topic.render(&notification.envelope);
             let key = self.key.render(&notification.envelope);
-            let mut record = FutureRecord::to(&topic)
+            let mut record = BaseRecord::with_opaque_to(&topic, reports.expect(index))
                 .payload(&notification.body[..])
                 .key(&key)
                 .headers(headers(notification))
                 .timestamp(notification.received_at_ms as i64);
-            loop {
-                match producer.send_result(record) {
-                    Ok(delivery) => {
-                        deliveries.push((delivery, topic.clone()));
-                        break;
-                    }
+            let enqueued = loop {
+                match producer.send(record) {
+                    Ok(()) => break true,
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                         record = back;
                         tokio::time::sleep(Duration::from_millis(2)).await;
                     }
-                    Err((e, _)) => {
-                        enqueue_error = Some(describe(e, &topic));
-                        break;
+                    Err((e, mut back)) => {
+                        back.delivery_opaque.fail(e);
+                        break false;
                     }
                 }
-            }
-            if enqueue_error.is_some() {
+            };
+            if !enqueued {
                 break;
             }
         }
-        let mut confirmed = 0;
-        let mut first_error = None;
-        for (delivery, topic) in deliveries {
-            let outcome = match delivery.await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err((e, _))) => Err(describe(e, &topic)),
-                Err(_) => Err(SinkError::Unavailable(
-                    "producer dropped the message".into(),
-                )),
-            };
-            match outcome {
-                Ok(()) if first_error.is_none() => confirmed += 1,
-                Ok(()) => {}
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                }
-            }
+        let Some((confirmed, failure)) = reports.finish().await else {
+            self.up.store(true, Ordering::Relaxed);
+            return Ok(());
+        };
+        let topic = self.topic.render(&batch[confirmed].envelope);
+        let source = match failure {
+            Failure::Kafka(e) => describe(e, &topic),
+            Failure::Unreported => SinkError::Unavailable("producer dropped the message".into()),
+        };
+        if matches!(source, SinkError::Unavailable(_)) {
+            self.up.store(false, Ordering::Relaxed);
+            self.stale.store(true, Ordering::Relaxed);
         }
-        match first_error.or(enqueue_error) {
-            None => {
-                self.up.store(true, Ordering::Relaxed);
-                Ok(())
-            }
-            Some(source) => {
-                if matches!(source, SinkError::Unavailable(_)) {
-                    self.up.store(false, Ordering::Relaxed);
-                    self.stale.store(true, Ordering::Relaxed);
-                }
-                if producer.client().fatal_error().is_some() {
-                    self.stale.store(true, Ordering::Relaxed);
-                }
-                Err(PublishError { confirmed, source })
-            }
+        if producer.client().fatal_error().is_some() {
+            self.stale.store(true, Ordering::Relaxed);
         }
+        Err(PublishError { confirmed, source })
     }
 
     fn is_up(&self) -> bool {

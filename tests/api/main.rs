@@ -11,6 +11,7 @@ mod helpers;
 mod hostile;
 mod kafka;
 mod kafka_broker;
+mod kafka_publish;
 mod rabbitmq;
 mod rabbitmq_broker;
 mod shared_dedup;
