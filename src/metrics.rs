@@ -1,19 +1,20 @@
 //! One Prometheus registry for the whole gateway and typed recording methods, so every outcome
 //! is logged and counted in one place with the same low-cardinality labels.
 
-use std::collections::HashSet;
+mod series;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::RwLock;
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use series::{AcceptedByObjectType, PerSource};
+pub use series::{ClaimResult, DedupCall, DedupSeries};
+
 const NAMESPACE: &str = "dataloy_gateway";
-/// Most distinct `object_type` label values; later ones are counted as `other`.
-const MAX_OBJECT_TYPE_LABELS: usize = 256;
 /// Latency buckets in seconds, from 100 µs to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -28,6 +29,12 @@ pub enum Source {
 }
 
 impl Source {
+    const ALL: [Source; 2] = [Source::Webhook, Source::WebSocket];
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Source::Webhook => "webhook",
@@ -64,6 +71,13 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    const ALL: [Outcome; 4] = [
+        Outcome::Accepted,
+        Outcome::Duplicate,
+        Outcome::Rejected,
+        Outcome::Unavailable,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Accepted => "accepted",
@@ -77,12 +91,12 @@ impl Outcome {
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
-    received: IntCounterVec,
-    accepted: IntCounterVec,
-    duplicates: IntCounterVec,
+    received: PerSource<IntCounter>,
+    accepted: Arc<AcceptedByObjectType>,
+    duplicates: PerSource<IntCounter>,
     rejected: IntCounterVec,
     unavailable: IntCounterVec,
-    request_duration: HistogramVec,
+    request_duration: PerSource<[Histogram; Outcome::ALL.len()]>,
     publish_duration: HistogramVec,
     published: IntCounterVec,
     publish_errors: IntCounterVec,
@@ -103,7 +117,6 @@ pub struct Metrics {
     websocket_reconnects: IntCounterVec,
     websocket_messages: IntCounterVec,
     pub dedup_commit_errors: IntCounter,
-    known_object_types: Arc<RwLock<HashSet<String>>>,
 }
 
 impl Default for Metrics {
@@ -288,12 +301,12 @@ impl Metrics {
 
         Self {
             registry,
-            received,
-            accepted,
-            duplicates,
+            received: series::per_source(&received),
+            accepted: Arc::new(AcceptedByObjectType::new(accepted)),
+            duplicates: series::per_source(&duplicates),
             rejected,
             unavailable,
-            request_duration,
+            request_duration: series::durations(&request_duration),
             publish_duration,
             published,
             publish_errors,
@@ -314,23 +327,19 @@ impl Metrics {
             websocket_reconnects,
             websocket_messages,
             dedup_commit_errors,
-            known_object_types: Arc::default(),
         }
     }
 
     pub fn received(&self, source: Source) {
-        self.received.with_label_values(&[source.as_str()]).inc();
+        self.received[source.index()].inc();
     }
 
     pub fn accepted(&self, source: Source, object_type: &str) {
-        let label = self.object_type_label(object_type);
-        self.accepted
-            .with_label_values(&[source.as_str(), label])
-            .inc();
+        self.accepted.inc(source, object_type);
     }
 
     pub fn duplicate(&self, source: Source) {
-        self.duplicates.with_label_values(&[source.as_str()]).inc();
+        self.duplicates[source.index()].inc();
     }
 
     pub fn rejected(&self, source: Source, reason: &str) {
@@ -346,9 +355,7 @@ impl Metrics {
     }
 
     pub fn request_finished(&self, source: Source, outcome: Outcome, elapsed: Duration) {
-        self.request_duration
-            .with_label_values(&[source.as_str(), outcome.as_str()])
-            .observe(elapsed.as_secs_f64());
+        self.request_duration[source.index()][outcome as usize].observe(elapsed.as_secs_f64());
     }
 
     /// Time of one durable spool write.
@@ -371,21 +378,14 @@ impl Metrics {
         self.publish_errors.with_label_values(&[sink]).inc();
     }
 
-    pub fn dedup_call(&self, backend: &str, operation: &str, elapsed: Duration, ok: bool) {
-        self.dedup_duration
-            .with_label_values(&[backend, operation])
-            .observe(elapsed.as_secs_f64());
-        if !ok {
-            self.dedup_errors
-                .with_label_values(&[backend, operation])
-                .inc();
-        }
-    }
-
-    pub fn dedup_claimed(&self, backend: &str, outcome: &str) {
-        self.dedup_claims
-            .with_label_values(&[backend, outcome])
-            .inc();
+    /// The dedup series of `backend`, resolved for the request path.
+    pub fn dedup_series(&self, backend: &str) -> DedupSeries {
+        DedupSeries::new(
+            backend,
+            &self.dedup_duration,
+            &self.dedup_errors,
+            &self.dedup_claims,
+        )
     }
 
     pub fn websocket_connected(&self, source: &str, connected: bool) {
@@ -406,20 +406,6 @@ impl Metrics {
 
     pub fn set_sink_up(&self, sink: &str, up: bool) {
         self.sink_up.with_label_values(&[sink]).set(i64::from(up));
-    }
-
-    /// The object type as a label value, capped so a stream of odd types cannot blow up the series.
-    fn object_type_label<'a>(&self, object_type: &'a str) -> &'a str {
-        if self.known_object_types.read().contains(object_type) {
-            return object_type;
-        }
-        let mut known = self.known_object_types.write();
-        if known.len() < MAX_OBJECT_TYPE_LABELS {
-            known.insert(object_type.to_owned());
-            object_type
-        } else {
-            "other"
-        }
     }
 
     /// The registry in Prometheus text format.

@@ -7,22 +7,21 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use super::{ClaimOutcome, ClaimToken, DedupError, Deduplicator};
-use crate::metrics::Metrics;
+use crate::metrics::{ClaimResult, DedupCall, DedupSeries, Metrics};
 
 pub struct Instrumented {
     inner: Arc<dyn Deduplicator>,
-    metrics: Metrics,
+    series: DedupSeries,
 }
 
 impl Instrumented {
     pub fn new(inner: Arc<dyn Deduplicator>, metrics: Metrics) -> Self {
-        Self { inner, metrics }
+        let series = metrics.dedup_series(inner.backend());
+        Self { inner, series }
     }
 
-    fn record<T>(&self, op: &'static str, started: Instant, result: &Result<T, DedupError>) {
-        let backend = self.inner.backend();
-        self.metrics
-            .dedup_call(backend, op, started.elapsed(), result.is_ok());
+    fn record<T>(&self, call: DedupCall, started: Instant, result: &Result<T, DedupError>) {
+        self.series.call(call, started.elapsed(), result.is_ok());
     }
 }
 
@@ -31,14 +30,13 @@ impl Deduplicator for Instrumented {
     async fn claim(&self, id: &str, lease: Duration) -> Result<ClaimOutcome, DedupError> {
         let started = Instant::now();
         let result = self.inner.claim(id, lease).await;
-        self.record("claim", started, &result);
+        self.record(DedupCall::Claim, started, &result);
         if let Ok(outcome) = &result {
-            let label = match outcome {
-                ClaimOutcome::Claimed(_) => "claimed",
-                ClaimOutcome::Duplicate => "duplicate",
-                ClaimOutcome::InFlight => "in_flight",
-            };
-            self.metrics.dedup_claimed(self.inner.backend(), label);
+            self.series.claimed(match outcome {
+                ClaimOutcome::Claimed(_) => ClaimResult::Claimed,
+                ClaimOutcome::Duplicate => ClaimResult::Duplicate,
+                ClaimOutcome::InFlight => ClaimResult::InFlight,
+            });
         }
         result
     }
@@ -46,14 +44,14 @@ impl Deduplicator for Instrumented {
     async fn commit(&self, id: &str, token: ClaimToken, ttl: Duration) -> Result<(), DedupError> {
         let started = Instant::now();
         let result = self.inner.commit(id, token, ttl).await;
-        self.record("commit", started, &result);
+        self.record(DedupCall::Commit, started, &result);
         result
     }
 
     async fn release(&self, id: &str, token: ClaimToken) -> Result<(), DedupError> {
         let started = Instant::now();
         let result = self.inner.release(id, token).await;
-        self.record("release", started, &result);
+        self.record(DedupCall::Release, started, &result);
         result
     }
 
