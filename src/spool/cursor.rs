@@ -1,16 +1,23 @@
 //! The acknowledged-position cursor: the highest sequence number every sink has confirmed.
 //!
 //! It is stored after every relayed batch, so it must be cheap and crash-safe. The file holds two
-//! checksummed slots, a page apart, written in turn and overwritten in place with one
-//! `fdatasync`: no new file, no rename, no directory fsync, so no metadata write (or journal
-//! commit, on a journaling file system) on this path to delay the spool writer's fsyncs. A torn
-//! write can only damage the slot being written; the other still holds the previous value, and
-//! loading takes the highest valid slot.
+//! checksummed slots, a page apart, written in turn and overwritten in place: no new file, no
+//! rename, no directory fsync, so no metadata write (or journal commit, on a journaling file
+//! system) on this path to delay the spool writer's fsyncs. A torn write can only damage the slot
+//! being written; the other still holds an earlier value, and loading takes the highest valid
+//! slot.
+//!
+//! Every store reaches the page cache at once, so a killed process loses none of it. It is
+//! fsynced at most every [`SYNC_INTERVAL`], and always before the caller deletes or reuses a
+//! segment: a machine crash can then only roll the cursor back by that interval of relayed
+//! batches (published again, never lost), while the fsyncs on the relay's path drop from one per
+//! batch (as many as the spool writer's at full load) to a few per second.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use super::segment::sync_dir;
 
@@ -20,10 +27,15 @@ const SLOT_STRIDE: u64 = 4096;
 const FILE_LEN: u64 = 2 * SLOT_STRIDE;
 /// A slot: the sequence number (u64) and the CRC-32 of its bytes (u32), little-endian.
 const SLOT_LEN: usize = 12;
+/// Longest time a stored position may stay in the page cache only.
+pub const SYNC_INTERVAL: Duration = Duration::from_millis(100);
 
 pub struct Cursor {
     file: File,
     next_slot: u64,
+    /// When a store was last made durable; `None` while every store is durable.
+    synced_at: Option<Instant>,
+    unsynced: bool,
 }
 
 impl Cursor {
@@ -53,16 +65,45 @@ impl Cursor {
             }
         };
         let file = OpenOptions::new().write(true).open(&path)?;
-        Ok((Cursor { file, next_slot }, acked))
+        let cursor = Cursor {
+            file,
+            next_slot,
+            synced_at: None,
+            unsynced: false,
+        };
+        Ok((cursor, acked))
     }
 
-    /// Stores `acked_seq` durably, in the slot not written last.
-    pub fn store(&mut self, acked_seq: u64) -> io::Result<()> {
+    /// Stores `acked_seq` in the slot not written last; durably when `durable` is set or the
+    /// last fsync is [`SYNC_INTERVAL`] old.
+    pub fn store(&mut self, acked_seq: u64, durable: bool) -> io::Result<()> {
         self.file
             .write_all_at(&slot(acked_seq), self.next_slot * SLOT_STRIDE)?;
-        self.file.sync_data()?;
         self.next_slot = 1 - self.next_slot;
+        self.unsynced = true;
+        let due = self
+            .synced_at
+            .is_none_or(|at| at.elapsed() >= SYNC_INTERVAL);
+        if durable || due {
+            self.sync()?;
+        }
         Ok(())
+    }
+
+    /// Makes every stored position durable.
+    pub fn sync(&mut self) -> io::Result<()> {
+        if self.unsynced {
+            self.file.sync_data()?;
+            self.unsynced = false;
+            self.synced_at = Some(Instant::now());
+        }
+        Ok(())
+    }
+
+    /// Whether a stored position is not durable yet.
+    #[cfg(test)]
+    fn has_unsynced(&self) -> bool {
+        self.unsynced
     }
 }
 
@@ -137,18 +178,42 @@ mod tests {
         let (mut cursor, acked) = Cursor::open(dir.path()).unwrap();
         assert_eq!(acked, 0);
         for seq in [5, 9, 12] {
-            cursor.store(seq).unwrap();
+            cursor.store(seq, false).unwrap();
         }
         drop(cursor);
         assert_eq!(Cursor::open(dir.path()).unwrap().1, 12);
     }
 
     #[test]
+    fn stores_are_fsynced_at_most_every_interval_unless_asked_to_be() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut cursor, _) = Cursor::open(dir.path()).unwrap();
+        cursor.store(1, false).unwrap();
+        assert!(!cursor.has_unsynced(), "the first store is durable at once");
+        cursor.store(2, false).unwrap();
+        assert!(cursor.has_unsynced(), "the next one waits for the interval");
+        cursor.store(3, true).unwrap();
+        assert!(!cursor.has_unsynced(), "unless the caller needs it durable");
+        cursor.store(4, false).unwrap();
+        std::thread::sleep(SYNC_INTERVAL);
+        cursor.store(5, false).unwrap();
+        assert!(
+            !cursor.has_unsynced(),
+            "a store after the interval is durable"
+        );
+        cursor.store(6, false).unwrap();
+        cursor.sync().unwrap();
+        assert!(!cursor.has_unsynced());
+        drop(cursor);
+        assert_eq!(Cursor::open(dir.path()).unwrap().1, 6);
+    }
+
+    #[test]
     fn a_torn_slot_falls_back_to_the_previous_position() {
         let dir = tempfile::tempdir().unwrap();
         let (mut cursor, _) = Cursor::open(dir.path()).unwrap();
-        cursor.store(7).unwrap(); // slot 0
-        cursor.store(8).unwrap(); // slot 1
+        cursor.store(7, false).unwrap(); // slot 0
+        cursor.store(8, false).unwrap(); // slot 1
         drop(cursor);
         let path = dir.path().join(FILE_NAME);
         let mut bytes = fs::read(&path).unwrap();
@@ -162,13 +227,13 @@ mod tests {
     fn after_a_reopen_the_newest_position_is_not_the_one_overwritten() {
         let dir = tempfile::tempdir().unwrap();
         let (mut cursor, _) = Cursor::open(dir.path()).unwrap();
-        cursor.store(7).unwrap(); // slot 0
-        cursor.store(8).unwrap(); // slot 1
-        cursor.store(9).unwrap(); // slot 0: the newest
+        cursor.store(7, false).unwrap(); // slot 0
+        cursor.store(8, false).unwrap(); // slot 1
+        cursor.store(9, false).unwrap(); // slot 0: the newest
         drop(cursor);
         let (mut reopened, acked) = Cursor::open(dir.path()).unwrap();
         assert_eq!(acked, 9);
-        reopened.store(10).unwrap();
+        reopened.store(10, false).unwrap();
         drop(reopened);
         let path = dir.path().join(FILE_NAME);
         let mut bytes = fs::read(&path).unwrap();
@@ -201,7 +266,7 @@ mod tests {
 
         let (mut cursor, acked) = Cursor::open(dir.path()).unwrap();
         assert_eq!(acked, 41);
-        cursor.store(42).unwrap();
+        cursor.store(42, false).unwrap();
         drop(cursor);
         assert_eq!(Cursor::open(dir.path()).unwrap().1, 42);
     }

@@ -154,8 +154,9 @@ impl Spool {
         SpoolReader::new(self.shared.clone())
     }
 
-    /// Records that every sink confirmed all records up to `seq`: stores the cursor durably and
-    /// retires segments that hold nothing newer.
+    /// Records that every sink confirmed all records up to `seq`: stores the cursor (durable
+    /// within `cursor::SYNC_INTERVAL`, and before any segment goes) and retires segments that
+    /// hold nothing newer.
     pub async fn acknowledge(&self, seq: u64) -> Result<(), SpoolError> {
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
@@ -210,6 +211,11 @@ impl Spool {
         if let Some(thread) = thread {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
+        let shared = self.shared.clone();
+        let synced = tokio::task::spawn_blocking(move || shared.cursor.lock().sync()).await;
+        if let Ok(Err(e)) = synced {
+            tracing::warn!(error = %e, "cannot make the spool cursor durable at shutdown; a machine crash now would relay the last batches again");
+        }
     }
 }
 
@@ -219,8 +225,7 @@ impl Shared {
         if seq <= self.acked_seq.load(Ordering::Relaxed) {
             return Ok(());
         }
-        cursor.store(seq)?;
-        self.acked_seq.store(seq, Ordering::Relaxed);
+        cursor.store(seq, false)?;
         let finished: Vec<SegmentInfo> = {
             let mut segments = self.segments.lock();
             let (done, keep) = segments
@@ -229,6 +234,14 @@ impl Shared {
             *segments = keep;
             done
         };
+        // A segment is deleted or reused only once the cursor past it is durable.
+        if !finished.is_empty() {
+            if let Err(e) = cursor.sync() {
+                self.segments.lock().splice(0..0, finished);
+                return Err(e);
+            }
+        }
+        self.acked_seq.store(seq, Ordering::Relaxed);
         for segment in &finished {
             self.disk_bytes
                 .fetch_sub(segment.durable_len, Ordering::Relaxed);
