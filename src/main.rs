@@ -9,6 +9,11 @@ use dataloy_gateway::config::Settings;
 use dataloy_gateway::startup::Application;
 use dataloy_gateway::telemetry;
 
+/// A request's buffers are allocated on an HTTP worker and freed on the relay's threads; glibc's
+/// allocator spent about a tenth of the request path's CPU on that (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Receives Dataloy VMS change notifications and relays them into Kafka and RabbitMQ.
 #[derive(Parser)]
 #[command(version)]
