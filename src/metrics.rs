@@ -232,7 +232,8 @@ impl Metrics {
         let spool_sync_duration = histogram(
             "spool_sync_duration_seconds",
             "Time of the spool's durable writes: `append` is one group commit (write + fdatasync), \
-             `acknowledge` one cursor store with the retiring of finished segments.",
+             `acknowledge` one cursor store (fsynced at most every 100 ms) with the retiring of \
+             finished segments.",
             &["operation"],
         );
         let dedup_entries = int_gauge("dedup_entries", "Ids held by the memory dedup backend.");
