@@ -1,6 +1,6 @@
 //! The series a request records, resolved once. Looking a labelled series up by its label values
-//! hashes them and takes the family's lock and a reference on every call; a notification records
-//! about seven, from both HTTP workers at once. Keeping the children instead leaves each record
+//! hashes them and takes the family's lock and a reference on every call; an accepted
+//! notification records six, from both HTTP workers at once. Keeping the children instead leaves each record
 //! one update of the series itself.
 
 use std::collections::HashMap;

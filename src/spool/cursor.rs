@@ -12,7 +12,7 @@
 //! segment: a machine crash can then only roll the cursor back by that interval of relayed
 //! batches (published again, never lost), while the fsyncs on the relay's path drop from one per
 //! batch (at full load 14 % to 70 % as many as the spool writer's, by sink) to at most ten a
-//! second.
+//! second, plus one per retired segment.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
