@@ -104,6 +104,31 @@ async fn memory_concurrent_claims_have_one_winner() {
     concurrent_claims_have_one_winner(memory()).await;
 }
 
+/// The default bound, which splits the table into shards (see `dedup::memory`).
+fn memory_sharded() -> Arc<dyn Deduplicator> {
+    Arc::new(MemoryDedup::new(1_000_000))
+}
+
+#[tokio::test(start_paused = true)]
+async fn memory_sharded_claim_then_commit_makes_a_duplicate() {
+    claim_then_commit_makes_a_duplicate(memory_sharded().as_ref()).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn memory_sharded_release_lets_the_retry_claim_again() {
+    release_lets_the_retry_claim_again(memory_sharded().as_ref()).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn memory_sharded_expired_entries_count_as_absent() {
+    expired_entries_count_as_absent(memory_sharded().as_ref(), tokio::time::advance).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_sharded_concurrent_claims_have_one_winner() {
+    concurrent_claims_have_one_winner(memory_sharded()).await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn memory_capacity_evicts_the_oldest_accepted_ids() {
     let dedup = MemoryDedup::new(3);
