@@ -260,7 +260,7 @@ impl Default for SpoolSettings {
             dir: PathBuf::from("data/spool"),
             max_bytes: ByteSize(1024 * 1024 * 1024),
             segment_bytes: ByteSize(64 * 1024 * 1024),
-            commit_interval: Duration::from_millis(1),
+            commit_interval: Duration::from_micros(250),
         }
     }
 }
