@@ -209,7 +209,8 @@ pub struct DedupSettings {
     /// How long a request waits for another in-flight request with the same id to finish.
     #[serde(with = "humantime_serde")]
     pub in_flight_wait: Duration,
-    /// Most ids the memory backend remembers; the oldest are evicted first.
+    /// Most ids the memory backend remembers; the oldest are evicted first (within each shard
+    /// of a large table, see `dedup::memory`).
     pub max_entries: usize,
     pub redis_url: String,
     /// Prefix of the Redis keys, so several gateways (or environments) can share one Redis.
