@@ -4,12 +4,12 @@
 //! Large tables are split into shards, each with its own lock, eviction queue and bound (an
 //! equal share of `max_entries`). A table that outgrows its capacity moves every entry into new
 //! memory under its lock; in one table of a million ids those moves came at the ids where the
-//! half-rate benchmark's worst stalls were (BENCHMARKS.md), with both HTTP workers waiting on
-//! the lock. At the default bound each of 64 shards moves a sixty-fourth of that, at a time of
-//! its own, and blocks only the requests whose ids hash to it. Eviction is oldest-first within
-//! a shard, which for uniformly hashed ids is close to oldest-first overall (the unit tests
-//! bound how close). Tables with fewer than [`MIN_SHARD_ENTRIES`] per shard stay in one shard
-//! with one exact order.
+//! half-rate benchmark's worst stalls were (BENCHMARKS.md), and every request needing the lock
+//! waited for them. At the default bound each of 64 shards moves a sixty-fourth of that, at a
+//! time of its own, and blocks only the requests whose ids hash to it. Eviction is oldest-first
+//! within a shard, which for uniformly hashed ids is close to oldest-first overall (the unit
+//! tests bound how close). Tables with fewer than [`MIN_SHARD_ENTRIES`] per shard stay in one
+//! shard with one exact order.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
