@@ -48,7 +48,7 @@ fn allocated_per_notification(body: &Bytes, buffer: &mut Vec<u8>) -> u64 {
     let envelope = Envelope::parse(body).unwrap();
     let notification = Notification::new(envelope, body.clone());
     buffer.clear();
-    record::encode(1, 1, &notification, buffer);
+    record::encode(1, 1, &notification, buffer).expect("the sample fits a record");
     black_box(&notification);
     counting_allocator::counts().allocated - before
 }
@@ -65,7 +65,8 @@ fn main() {
     let mut buffer = Vec::with_capacity(1 << 20);
     let encode = time_per_call(|| {
         buffer.clear();
-        record::encode(1, 1, black_box(&notification), &mut buffer);
+        record::encode(1, 1, black_box(&notification), &mut buffer)
+            .expect("the sample fits a record");
     });
     println!("sample: {} bytes", body.len());
     println!("serde_json pass (IgnoredAny): {json_only:8.0} ns");

@@ -111,7 +111,7 @@ async fn embedded_store(dir: &Path) -> Figures {
                 let mut table = txn.open_table(TABLE).unwrap();
                 for (n, reply) in group {
                     buffer.clear();
-                    record::encode(next_seq, 0, &n, &mut buffer);
+                    record::encode(next_seq, 0, &n, &mut buffer).expect("the sample fits a record");
                     table.insert(next_seq, buffer.as_slice()).unwrap();
                     replies.push((next_seq, reply));
                     next_seq += 1;

@@ -49,11 +49,43 @@ pub struct Settings {
     #[serde(default)]
     pub relay: RelaySettings,
     #[serde(default)]
+    pub dead_letters: DeadLetterSettings,
+    #[serde(default)]
     pub sinks: SinksSettings,
     #[serde(default)]
     pub sources: SourcesSettings,
     #[serde(default)]
     pub log: LogSettings,
+}
+
+/// `[dead_letters]`: where notifications a sink refused for good are kept.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeadLetterSettings {
+    /// The store's directory; by default `dead-letters` inside `spool.dir`.
+    pub dir: Option<PathBuf>,
+    /// Bound on the store's size; when full, a refused notification is retried instead (it
+    /// holds its sink back; alert `DataloyGatewayDeadLettersStoreFull`).
+    pub max_bytes: ByteSize,
+}
+
+impl Default for DeadLetterSettings {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            max_bytes: ByteSize(256 * 1024 * 1024),
+        }
+    }
+}
+
+impl Settings {
+    /// The dead-letter store's directory.
+    pub fn dead_letter_dir(&self) -> PathBuf {
+        self.dead_letters
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.spool.dir.join("dead-letters"))
+    }
 }
 
 /// Sources besides the webhook listener.
@@ -123,6 +155,13 @@ pub struct ServerSettings {
     /// Notifications processed at once; past this the gateway answers 503 at once instead of
     /// queueing requests until they time out.
     pub max_in_flight: usize,
+    /// Bytes of request bodies held in memory at once, over all connections; a body that would
+    /// go past it is answered 503. Memory follows the bytes received, never a declared length.
+    pub max_buffered_bytes: ByteSize,
+    /// Open connections on the notification listener, over all workers; past this new
+    /// connections wait in the kernel's backlog, so the spool and the admin listener always
+    /// keep file descriptors (README, Operations).
+    pub max_connections: usize,
 }
 
 impl Default for ServerSettings {
@@ -135,6 +174,8 @@ impl Default for ServerSettings {
             shutdown_timeout: Duration::from_secs(30),
             retry_after_seconds: 5,
             max_in_flight: 1024,
+            max_buffered_bytes: ByteSize(64 * 1024 * 1024),
+            max_connections: 1024,
         }
     }
 }
@@ -212,7 +253,8 @@ pub struct DedupSettings {
     /// Most ids the memory backend remembers; the oldest are evicted first (within each shard
     /// of a large table, see `dedup::memory`).
     pub max_entries: usize,
-    pub redis_url: String,
+    /// May hold a password (`redis://:secret@host`): never logged or printed.
+    pub redis_url: SecretString,
     /// Prefix of the Redis keys, so several gateways (or environments) can share one Redis.
     pub redis_key_prefix: String,
     /// Longest a Redis connection attempt or command may take before it counts as failed.
@@ -229,7 +271,7 @@ impl Default for DedupSettings {
             claim_lease: Duration::from_secs(30),
             in_flight_wait: Duration::from_secs(2),
             max_entries: 1_000_000,
-            redis_url: "redis://127.0.0.1:6379".into(),
+            redis_url: SecretString::from("redis://127.0.0.1:6379"),
             redis_key_prefix: "dataloy-gateway:dedup:".into(),
             redis_timeout: Duration::from_millis(500),
             on_backend_error: OnBackendError::Reject,
@@ -322,6 +364,29 @@ pub struct RabbitMqSinkSettings {
     /// How often an idle sink checks (and re-opens) its connection.
     #[serde(with = "humantime_serde")]
     pub health_interval: Duration,
+    /// Longest time to open a connection and its channel; a broker that accepts TCP but never
+    /// answers counts as down after it.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Longest wait for the broker to confirm a batch; past it the connection is dropped, the
+    /// sink is down and the batch is retried.
+    #[serde(with = "humantime_serde")]
+    pub confirm_timeout: Duration,
+    /// What to do with a notification no queue is bound for (returned by the broker).
+    pub unroutable: UnroutablePolicy,
+}
+
+/// `sinks.rabbitmq.unroutable`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum UnroutablePolicy {
+    /// Store it in dead letters (reason `unroutable`) and go on with the next.
+    #[default]
+    DeadLetter,
+    /// Count it (`dataloy_gateway_sink_dropped_total`), log it, and go on: it is lost.
+    Drop,
+    /// Retry it until a queue is bound; every later notification waits behind it.
+    Retry,
 }
 
 impl Default for RabbitMqSinkSettings {
@@ -333,6 +398,9 @@ impl Default for RabbitMqSinkSettings {
             declare_exchange: true,
             routing_key: "{objectType}.{eventType}".into(),
             health_interval: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(10),
+            confirm_timeout: Duration::from_secs(30),
+            unroutable: UnroutablePolicy::default(),
         }
     }
 }
@@ -380,8 +448,13 @@ pub struct KafkaSinkSettings {
     /// How often the broker is probed for `/health/ready`.
     #[serde(with = "humantime_serde")]
     pub health_interval: Duration,
+    /// How long a missing topic is retried (it may be being created) before its notifications
+    /// go to dead letters with reason `unknown_topic`.
+    #[serde(with = "humantime_serde")]
+    pub missing_topic_grace: Duration,
     /// Any other librdkafka property (`security.protocol`, `sasl.mechanism`, `ssl.ca.location`…).
-    pub properties: BTreeMap<String, String>,
+    /// Values may be secrets (`sasl.password`): they are never logged or printed.
+    pub properties: BTreeMap<String, SecretString>,
 }
 
 impl Default for KafkaSinkSettings {
@@ -395,10 +468,30 @@ impl Default for KafkaSinkSettings {
             batch_size: ByteSize(1_000_000),
             message_timeout: Duration::from_secs(30),
             health_interval: Duration::from_secs(5),
+            missing_topic_grace: Duration::from_secs(300),
             properties: BTreeMap::new(),
         }
     }
 }
+
+/// Room for the record's key, headers and framing on top of the largest body, in the Kafka
+/// producer's `message.max.bytes`.
+pub const KAFKA_MESSAGE_OVERHEAD: u64 = 64 * 1024;
+
+impl KafkaSinkSettings {
+    /// The producer's `message.max.bytes`: the configured one, or enough for the largest body
+    /// the gateway accepts (`server.max_body_bytes`) with its key and headers.
+    pub fn message_max_bytes(&self, max_body_bytes: u64) -> u64 {
+        self.properties
+            .get("message.max.bytes")
+            .and_then(|v| v.expose_secret().trim().parse().ok())
+            .unwrap_or(max_body_bytes + KAFKA_MESSAGE_OVERHEAD)
+    }
+}
+
+/// Shortest `dedup.claim_lease`: shorter leases expire under an ordinary fsync stall or Redis
+/// hiccup, and a second copy of the notification would be accepted meanwhile.
+pub const MIN_CLAIM_LEASE: Duration = Duration::from_secs(5);
 
 /// librdkafka properties the gateway's guarantees depend on; they cannot be overridden.
 const KAFKA_FIXED_PROPERTIES: &[&str] = &["enable.idempotence", "acks", "bootstrap.servers"];
@@ -508,7 +601,8 @@ impl Settings {
         let env_source = config::Environment::with_prefix(ENV_PREFIX)
             .prefix_separator("__")
             .separator("__")
-            .try_parsing(true)
+            // Values stay text until serde asks for a type: `try_parsing` would turn a secret
+            // such as `007` or `1e5` into a number and back into other text.
             .source(Some(env.into_iter().collect()));
         let settings: Settings = builder.add_source(env_source).build()?.try_deserialize()?;
         settings.validate()?;
@@ -528,18 +622,43 @@ impl Settings {
         if self.server.max_body_bytes.bytes() == 0 {
             return Err(invalid("server.max_body_bytes", "must be greater than 0"));
         }
+        if self.server.max_buffered_bytes.bytes() < self.server.max_body_bytes.bytes() {
+            return Err(invalid(
+                "server.max_buffered_bytes",
+                "must be at least server.max_body_bytes",
+            ));
+        }
+        if self.server.max_connections == 0 {
+            return Err(invalid("server.max_connections", "must be at least 1"));
+        }
+        if self.dead_letters.max_bytes.bytes() < self.server.max_body_bytes.bytes() + 64 * 1024 {
+            return Err(invalid(
+                "dead_letters.max_bytes",
+                "must hold at least one body of server.max_body_bytes (plus 64 KiB)",
+            ));
+        }
         self.validate_auth(server_bind)?;
         if self.dedup.ttl.is_zero() {
             return Err(invalid("dedup.ttl", "must be greater than 0"));
         }
-        if self.dedup.claim_lease.is_zero() {
-            return Err(invalid("dedup.claim_lease", "must be greater than 0"));
+        if self.dedup.claim_lease < MIN_CLAIM_LEASE {
+            return Err(invalid(
+                "dedup.claim_lease",
+                "must be at least 5s: a claim must outlive a slow durable write (it is renewed \
+                 while the write runs, every third of the lease)",
+            ));
+        }
+        if self.dedup.claim_lease <= self.dedup.in_flight_wait {
+            return Err(invalid(
+                "dedup.claim_lease",
+                "must be longer than dedup.in_flight_wait",
+            ));
         }
         if self.dedup.max_entries == 0 {
             return Err(invalid("dedup.max_entries", "must be at least 1"));
         }
         if self.dedup.backend == DedupBackend::Redis {
-            if redis::Client::open(self.dedup.redis_url.as_str()).is_err() {
+            if redis::Client::open(self.dedup.redis_url.expose_secret()).is_err() {
                 return Err(invalid(
                     "dedup.redis_url",
                     "is not a Redis URL such as redis://127.0.0.1:6379",
@@ -593,7 +712,7 @@ impl Settings {
             }
         }
         if let Some(kafka) = &self.sinks.kafka {
-            validate_kafka(kafka)?;
+            validate_kafka(kafka, self.server.max_body_bytes.bytes())?;
         }
         if let Some(rabbitmq) = &self.sinks.rabbitmq {
             validate_rabbitmq(rabbitmq)?;
@@ -668,7 +787,7 @@ impl SinksSettings {
     }
 }
 
-fn validate_kafka(kafka: &KafkaSinkSettings) -> Result<(), ConfigError> {
+fn validate_kafka(kafka: &KafkaSinkSettings, max_body_bytes: u64) -> Result<(), ConfigError> {
     if kafka.brokers.split(',').all(|b| b.trim().is_empty()) {
         return Err(invalid(
             "sinks.kafka.brokers",
@@ -707,6 +826,28 @@ fn validate_kafka(kafka: &KafkaSinkSettings) -> Result<(), ConfigError> {
             format!("cannot set `{fixed}`: the gateway relies on its own value"),
         ));
     }
+    if let Some(value) = kafka.properties.get("message.max.bytes") {
+        let needed = max_body_bytes + KAFKA_MESSAGE_OVERHEAD;
+        match value.expose_secret().trim().parse::<u64>() {
+            Ok(bytes) if bytes >= needed => {}
+            _ => {
+                return Err(invalid(
+                    "sinks.kafka.properties",
+                    format!(
+                        "`message.max.bytes` must be at least {needed} (server.max_body_bytes \
+                         {max_body_bytes} plus {KAFKA_MESSAGE_OVERHEAD} for key and headers), or \
+                         lower server.max_body_bytes: a body the gateway accepts must fit a message"
+                    ),
+                ));
+            }
+        }
+    }
+    if kafka.missing_topic_grace > Duration::from_secs(24 * 3600) {
+        return Err(invalid(
+            "sinks.kafka.missing_topic_grace",
+            "must be at most 24h: past it the notifications go to dead letters",
+        ));
+    }
     Ok(())
 }
 
@@ -728,13 +869,22 @@ fn validate_rabbitmq(rabbitmq: &RabbitMqSinkSettings) -> Result<(), ConfigError>
             "is empty (the default exchange cannot be declared; set declare_exchange = false)",
         ));
     }
+    if rabbitmq.exchange.len() > 255 {
+        return Err(invalid(
+            "sinks.rabbitmq.exchange",
+            "is longer than 255 bytes (an AMQP short string)",
+        ));
+    }
     Template::parse(&rabbitmq.routing_key)
         .map_err(|e| invalid("sinks.rabbitmq.routing_key", e.to_string()))?;
-    if rabbitmq.health_interval.is_zero() {
-        return Err(invalid(
-            "sinks.rabbitmq.health_interval",
-            "must be greater than 0",
-        ));
+    for (key, value) in [
+        ("sinks.rabbitmq.health_interval", rabbitmq.health_interval),
+        ("sinks.rabbitmq.connect_timeout", rabbitmq.connect_timeout),
+        ("sinks.rabbitmq.confirm_timeout", rabbitmq.confirm_timeout),
+    ] {
+        if value.is_zero() {
+            return Err(invalid(key, "must be greater than 0"));
+        }
     }
     Ok(())
 }

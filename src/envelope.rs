@@ -7,23 +7,24 @@ mod scan;
 
 use std::borrow::Cow;
 
-use chrono::format::{Fixed, Item, Numeric, Pad, Parsed};
-
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use scan::ScanError;
 
-/// Longest notification id we accept; Dataloy ids look like `1573335-244070007`.
+/// Longest notification id we accept, in bytes of UTF-8; Dataloy ids look like
+/// `1573335-244070007`. Bytes, not characters: every sink carries the id in a field whose limit
+/// is in bytes (AMQP `message_id` is a short string of at most 255).
 pub const MAX_ID_LEN: usize = 128;
 /// Longest object type name we accept (an identifier such as `BunkerOrderLine`).
 pub const MAX_OBJECT_TYPE_LEN: usize = 128;
 /// Deepest nesting of arrays and objects we relay. Dataloy's payloads nest a handful of levels;
 /// far deeper JSON is hostile and would fail in consumers whose parsers stop at 128 (serde_json's
-/// default), so it is refused here rather than queued.
-pub const MAX_NESTING: usize = 128;
+/// default recursion limit, which refuses a 128th level: it accepts at most 127), so it is
+/// refused here rather than queued. `tests::serde_json_reads_every_depth_we_accept` holds it.
+pub const MAX_NESTING: usize = 127;
 
-/// A validated notification id: non-empty, at most [`MAX_ID_LEN`] characters, no control characters.
+/// A validated notification id: non-empty, at most [`MAX_ID_LEN`] bytes, no control characters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct NotificationId(String);
 
@@ -32,8 +33,8 @@ impl NotificationId {
         if raw.is_empty() {
             return Err("must be a non-empty string");
         }
-        if raw.chars().count() > MAX_ID_LEN {
-            return Err("must be at most 128 characters");
+        if raw.len() > MAX_ID_LEN {
+            return Err("must be at most 128 bytes in UTF-8");
         }
         if raw.chars().any(char::is_control) {
             return Err("must not contain control characters");
@@ -190,7 +191,7 @@ impl Envelope {
             .filter(|s| is_dataloy_date_time(s))
             .ok_or(EnvelopeError::InvalidField {
                 field: "eventTime",
-                reason: "must be a date-time such as 2016-09-14T13:37:26",
+                reason: "must be a date-time YYYY-MM-DDTHH:MM:SS, with optional .fraction (1-9 digits) and Z or ±HH:MM, such as 2016-09-14T13:37:26",
             })?
             .into_owned();
 
@@ -345,30 +346,62 @@ fn is_identifier(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-/// `%Y-%m-%dT%H:%M:%S%.f`, spelled out once: `NaiveDateTime::parse_from_str` would parse the
-/// format string again on every notification.
-const LOCAL_DATE_TIME: &[Item<'static>] = &[
-    Item::Numeric(Numeric::Year, Pad::Zero),
-    Item::Literal("-"),
-    Item::Numeric(Numeric::Month, Pad::Zero),
-    Item::Literal("-"),
-    Item::Numeric(Numeric::Day, Pad::Zero),
-    Item::Literal("T"),
-    Item::Numeric(Numeric::Hour, Pad::Zero),
-    Item::Literal(":"),
-    Item::Numeric(Numeric::Minute, Pad::Zero),
-    Item::Literal(":"),
-    Item::Numeric(Numeric::Second, Pad::Zero),
-    Item::Fixed(Fixed::Nanosecond),
-];
+/// Longest `eventTime` we accept: `YYYY-MM-DDTHH:MM:SS.fffffffff+HH:MM`.
+pub const MAX_EVENT_TIME_LEN: usize = 35;
 
-/// Dataloy sends local date-times without a zone (`2016-09-14T13:37:26`); fractional seconds and
-/// an offset (`Z`, `+01:00`) are accepted too.
+/// Dataloy sends local date-times without a zone (`2016-09-14T13:37:26`). Accepted, exactly:
+/// `YYYY-MM-DDTHH:MM:SS`, then optionally `.` and 1 to 9 digits, then optionally `Z` or
+/// `±HH:MM`; a real date (years 0001 to 9999) and time (no leap second `:60`). Nothing else: no
+/// whitespace, no lowercase `t`/`z`, no space for `T`, no single-digit fields. Checked byte by
+/// byte, so its length is bounded ([`MAX_EVENT_TIME_LEN`]) before anything else looks at it.
 fn is_dataloy_date_time(s: &str) -> bool {
-    let mut parsed = Parsed::new();
-    let local = chrono::format::parse(&mut parsed, s, LOCAL_DATE_TIME.iter()).is_ok()
-        && parsed.to_naive_datetime_with_offset(0).is_ok();
-    local || chrono::DateTime::parse_from_rfc3339(s).is_ok()
+    let b = s.as_bytes();
+    if b.len() < 19 || b.len() > MAX_EVENT_TIME_LEN {
+        return false;
+    }
+    let digits = |from: usize, len: usize| -> Option<u32> {
+        b[from..from + len].iter().try_fold(0u32, |n, &c| {
+            c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
+        })
+    };
+    let shape = b[4] == b'-' && b[7] == b'-' && b[10] == b'T' && b[13] == b':' && b[16] == b':';
+    let (Some(year), Some(month), Some(day), Some(hour), Some(minute), Some(second)) = (
+        digits(0, 4),
+        digits(5, 2),
+        digits(8, 2),
+        digits(11, 2),
+        digits(14, 2),
+        digits(17, 2),
+    ) else {
+        return false;
+    };
+    let real = year >= 1
+        && chrono::NaiveDate::from_ymd_opt(year as i32, month, day).is_some()
+        && hour < 24
+        && minute < 60
+        && second < 60;
+    if !(shape && real) {
+        return false;
+    }
+    let mut rest = &b[19..];
+    if let Some(fraction) = rest.strip_prefix(b".") {
+        let len = fraction.iter().take_while(|c| c.is_ascii_digit()).count();
+        if !(1..=9).contains(&len) {
+            return false;
+        }
+        rest = &fraction[len..];
+    }
+    match rest {
+        [] | [b'Z'] => true,
+        [sign, h1, h2, b':', m1, m2] if matches!(sign, b'+' | b'-') => {
+            let (h, m) = (
+                [h1, h2].iter().all(|c| c.is_ascii_digit()),
+                [m1, m2].iter().all(|c| c.is_ascii_digit()),
+            );
+            h && m && (*h1 - b'0') * 10 + (*h2 - b'0') < 24 && (*m1 - b'0') * 10 + (*m2 - b'0') < 60
+        }
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -396,22 +429,83 @@ mod tests {
     fn event_time_forms() {
         for ok in [
             "2016-09-14T13:37:26",
+            "2016-09-14T13:37:26.1",
             "2016-09-14T13:37:26.123",
+            "2016-09-14T13:37:26.123456789",
             "2016-09-14T13:37:26Z",
             "2016-09-14T13:37:26.5+02:00",
+            "2016-09-14T13:37:26-11:30",
+            "2016-02-29T00:00:00",
+            "0001-01-01T00:00:00",
+            "9999-12-31T23:59:59.999999999+23:59",
         ] {
             assert!(is_dataloy_date_time(ok), "{ok}");
         }
-        for bad in ["2016-13-14T13:37:26", "yesterday", "2016-09-14", ""] {
-            assert!(!is_dataloy_date_time(bad), "{bad}");
+        let padded_ideographic = format!("{}2016-09-14T13:37:26.1", "\u{3000}".repeat(22_000));
+        let padded_spaces = format!("{}2016-09-14T13:37:26", " ".repeat(70_000));
+        let long_fraction = format!("2016-09-14T13:37:26.{}", "0".repeat(65_536));
+        for bad in [
+            "2016-13-14T13:37:26",
+            "2015-02-29T13:37:26",
+            "2016-09-14T13:37:60",
+            "2016-09-14T24:00:00",
+            "0000-01-01T00:00:00",
+            "-0001-01-01T00:00:00",
+            "+12345-01-01T00:00:00",
+            "2016-9-4T1:2:3",
+            " 2016-09-14T13:37:26",
+            "2016-09-14T13:37:26 ",
+            "2016-09-14T 13:37:26",
+            "2016-09-14 13:37:26Z",
+            "2016-09-14t13:37:26",
+            "2016-09-14T13:37:26z",
+            "2016-09-14T13:37:26.",
+            "2016-09-14T13:37:26.1234567890",
+            "2016-09-14T13:37:26.1234567890123",
+            "2016-09-14T13:37:26+2:00",
+            "2016-09-14T13:37:26+24:00",
+            "2016-09-14T13:37:26+0200",
+            "2016-09-14T13:37:26ZZ",
+            "２０16-09-14T13:37:26",
+            "yesterday",
+            "2016-09-14",
+            "",
+            &padded_ideographic,
+            &padded_spaces,
+            &long_fraction,
+        ] {
+            assert!(!is_dataloy_date_time(bad), "{bad:.40}");
         }
     }
 
     #[test]
-    fn the_spelled_out_format_is_the_strftime_one() {
-        let from_strftime: Vec<Item<'_>> =
-            chrono::format::StrftimeItems::new("%Y-%m-%dT%H:%M:%S%.f").collect();
-        assert_eq!(from_strftime, LOCAL_DATE_TIME);
+    fn id_length_is_counted_in_bytes() {
+        assert!(NotificationId::parse(&"y".repeat(128)).is_ok());
+        assert!(NotificationId::parse(&"y".repeat(129)).is_err());
+        // 32 emoji are 128 bytes; 64 emoji (256 bytes) broke the AMQP message_id before.
+        assert!(NotificationId::parse(&"\u{1F600}".repeat(32)).is_ok());
+        assert_eq!(
+            NotificationId::parse(&"\u{1F600}".repeat(33)),
+            Err("must be at most 128 bytes in UTF-8")
+        );
+        assert!(NotificationId::parse(&"\u{1F600}".repeat(64)).is_err());
+    }
+
+    #[test]
+    fn serde_json_reads_every_depth_we_accept() {
+        let nested = |levels: usize| {
+            with_member(&format!(
+                r#","resource":{{"a":{}1{}}}"#,
+                "[".repeat(levels - 2),
+                "]".repeat(levels - 2)
+            ))
+        };
+        let deepest = nested(MAX_NESTING);
+        assert!(Envelope::parse(&deepest).is_ok());
+        assert!(serde_json::from_slice::<serde_json::Value>(&deepest).is_ok());
+        let too_deep = nested(MAX_NESTING + 1);
+        assert!(Envelope::parse(&too_deep).is_err());
+        assert!(serde_json::from_slice::<serde_json::Value>(&too_deep).is_err());
     }
 
     fn with_member(extra: &str) -> Vec<u8> {
@@ -454,7 +548,7 @@ mod tests {
         assert_eq!(
             error,
             EnvelopeError::InvalidJson(
-                "arrays and objects nested deeper than 128 levels".to_owned()
+                "arrays and objects nested deeper than 127 levels".to_owned()
             )
         );
     }

@@ -9,19 +9,24 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::config::DedupSettings;
+use crate::dead_letter::{Attempts, DeadLetterStore};
 use crate::dedup::{ClaimOutcome, ClaimToken, DedupError, Deduplicator};
 use crate::envelope::{Envelope, EnvelopeError, NotificationId};
 use crate::metrics::{Metrics, Outcome, Source};
-use crate::notification::Notification;
-use crate::sink::{PublishError, Sink};
+use crate::notification::{unix_millis, Notification};
+use crate::sink::{PublishError, Sink, SinkError};
 use crate::spool::{Spool, SpoolError};
 
 /// Where an accepted notification is made durable before it is acknowledged.
 pub enum Durability {
     /// Appended to the local spool; the relay publishes it later.
     Spool(Arc<Spool>),
-    /// No spool: published to every sink and confirmed before the answer.
-    Direct(Vec<Arc<dyn Sink>>),
+    /// No spool: published to every sink and confirmed before the answer; a notification a sink
+    /// refused for good is stored in dead letters instead, which is durable too.
+    Direct {
+        sinks: Vec<Arc<dyn Sink>>,
+        dead_letters: Arc<DeadLetterStore>,
+    },
 }
 
 /// A notification the gateway now answers for.
@@ -174,11 +179,29 @@ impl Ingest {
                 Err(SpoolError::Full) => Err(IngestError::SpoolFull),
                 Err(e) => Err(IngestError::Spool(e)),
             },
-            Durability::Direct(sinks) => {
+            Durability::Direct {
+                sinks,
+                dead_letters,
+            } => {
                 let batch = std::slice::from_ref(&notification);
                 let publishes = sinks.iter().map(|sink| sink.publish(batch));
-                for result in futures::future::join_all(publishes).await {
-                    result.map_err(IngestError::Sink)?;
+                let results = futures::future::join_all(publishes).await;
+                for (sink, result) in sinks.iter().zip(results) {
+                    let Err(error) = result else { continue };
+                    let SinkError::Refused { reason, detail } = &error.source else {
+                        return Err(IngestError::Sink(error));
+                    };
+                    let (reason, detail) = (*reason, detail.clone());
+                    let now = unix_millis();
+                    let attempts = Attempts {
+                        first_ms: now,
+                        last_ms: now,
+                        count: 1,
+                    };
+                    dead_letters
+                        .store(sink.name(), &notification, reason, &detail, attempts)
+                        .map_err(|_| IngestError::Sink(error))?;
+                    self.metrics.delivery.dead_lettered(sink.name(), reason);
                 }
                 Ok(())
             }

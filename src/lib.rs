@@ -10,13 +10,15 @@
 //! - [`envelope`]: parses and validates the envelope without building `resource`.
 //! - [`dedup`]: claim / commit / release by id, behind a trait.
 //! - [`spool`]: the durable local log with group commit, recovery and an ack cursor.
-//! - [`relay`]: spool to sinks, in order, with retries.
+//! - [`relay`]: spool to sinks, in order, with retries; refusals for good to dead letters.
+//! - [`dead_letter`]: the durable store of notifications a sink refused for good.
 //! - [`sink`]: the `Sink` trait, routing templates and the sinks themselves.
 //! - [`websocket`]: the gateway as Dataloy's WebSocket client, a second source.
 //! - [`metrics`], [`telemetry`]: Prometheus metrics and structured logs.
 
 pub mod auth;
 pub mod config;
+pub mod dead_letter;
 pub mod dedup;
 pub mod envelope;
 pub mod ingest;

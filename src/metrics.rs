@@ -1,6 +1,7 @@
 //! One Prometheus registry for the whole gateway and typed recording methods, so every outcome
 //! is logged and counted in one place with the same low-cardinality labels.
 
+pub mod delivery;
 mod series;
 
 use std::sync::Arc;
@@ -117,6 +118,7 @@ pub struct Metrics {
     websocket_reconnects: IntCounterVec,
     websocket_messages: IntCounterVec,
     pub dedup_commit_errors: IntCounter,
+    pub delivery: delivery::DeliveryMetrics,
 }
 
 impl Default for Metrics {
@@ -301,7 +303,6 @@ impl Metrics {
             .expect("unique");
 
         Self {
-            registry,
             received: series::per_source(&received),
             accepted: Arc::new(AcceptedByObjectType::new(accepted)),
             duplicates: series::per_source(&duplicates),
@@ -328,6 +329,8 @@ impl Metrics {
             websocket_reconnects,
             websocket_messages,
             dedup_commit_errors,
+            delivery: delivery::DeliveryMetrics::new(&registry),
+            registry,
         }
     }
 
@@ -403,6 +406,18 @@ impl Metrics {
         self.websocket_messages
             .with_label_values(&[source, outcome])
             .inc();
+    }
+
+    /// A sink's dropped notification (counted, then gone).
+    pub fn sink_dropped(&self, sink: &str, reason: &str) {
+        self.delivery.dropped(sink, reason);
+    }
+
+    /// Creates every per-sink series at 0, so that alerts see a sink's first failure.
+    pub fn register_sink(&self, sink: &str) {
+        self.published.with_label_values(&[sink]);
+        self.publish_errors.with_label_values(&[sink]);
+        self.delivery.register_sink(sink);
     }
 
     pub fn set_sink_up(&self, sink: &str, up: bool) {

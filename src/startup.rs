@@ -14,6 +14,7 @@ use tokio::sync::watch;
 
 use crate::auth::Authenticator;
 use crate::config::Settings;
+use crate::dead_letter::DeadLetterStore;
 use crate::dedup;
 use crate::ingest::{Durability, Ingest};
 use crate::metrics::Metrics;
@@ -51,7 +52,15 @@ impl StopHandle {
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         let metrics = Metrics::new();
-        let sinks = sink::build_all(&settings.sinks).await?;
+        let sinks = sink::build_all(
+            &settings.sinks,
+            settings.server.max_body_bytes.bytes(),
+            &metrics,
+        )
+        .await?;
+        for sink in &sinks {
+            metrics.register_sink(sink.name());
+        }
         let dedup = dedup::build(&settings.dedup, &metrics).context("cannot set up dedup")?;
 
         let spool = if settings.spool.enabled {
@@ -68,9 +77,26 @@ impl Application {
         } else {
             None
         };
+        let dead_letter_dir = settings.dead_letter_dir();
+        let dead_letters =
+            DeadLetterStore::open(&dead_letter_dir, settings.dead_letters.max_bytes.bytes())
+                .with_context(|| {
+                    format!(
+                        "cannot open the dead-letter store (dead_letters.dir) {}",
+                        dead_letter_dir.display()
+                    )
+                })?;
+        metrics
+            .delivery
+            .dead_letter_bytes
+            .set(dead_letters.used_bytes() as i64);
+        let dead_letters = Arc::new(dead_letters);
         let durability = match &spool {
             Some(spool) => Durability::Spool(spool.clone()),
-            None => Durability::Direct(sinks.clone()),
+            None => Durability::Direct {
+                sinks: sinks.clone(),
+                dead_letters: dead_letters.clone(),
+            },
         };
         let ingest = Arc::new(Ingest::new(
             dedup.clone(),
@@ -90,13 +116,16 @@ impl Application {
         }
 
         let (stop_relay, relay_stopped) = watch::channel(false);
+        let mut relay_running = None;
         let relay = spool.as_ref().map(|spool| {
             let relay = Relay::new(
                 spool.clone(),
                 sinks.clone(),
                 settings.relay.clone(),
                 metrics.clone(),
+                dead_letters.clone(),
             );
+            relay_running = Some(relay.running_flag());
             tokio::spawn(relay.run(relay_stopped))
         });
 
@@ -115,11 +144,15 @@ impl Application {
             retry_after_seconds: settings.server.retry_after_seconds,
             metrics: metrics.clone(),
             in_flight: Arc::new(tokio::sync::Semaphore::new(settings.server.max_in_flight)),
+            buffered_bytes: Arc::new(tokio::sync::Semaphore::new(
+                settings.server.max_buffered_bytes.bytes() as usize,
+            )),
         });
         let workers = settings
             .server
             .workers
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+        let connections_per_worker = settings.server.max_connections.div_ceil(workers);
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(webhook_state.clone())
@@ -127,6 +160,7 @@ impl Application {
                 .default_service(web::to(webhook::unknown_route))
         })
         .workers(workers)
+        .max_connections(connections_per_worker)
         .client_request_timeout(settings.server.client_timeout)
         .shutdown_timeout(settings.server.shutdown_timeout.as_secs())
         .disable_signals()
@@ -142,6 +176,7 @@ impl Application {
             sources: source_health,
             max_body_bytes: settings.server.max_body_bytes.bytes(),
             shutting_down: shutting_down.clone(),
+            relay_running,
         });
         let admin = HttpServer::new(move || {
             App::new()

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use secrecy::ExposeSecret;
 
 use crate::config::{DedupBackend, DedupSettings, OnBackendError};
 use crate::metrics::Metrics;
@@ -65,7 +66,7 @@ pub fn build(
         DedupBackend::Memory => Arc::new(MemoryDedup::new(settings.max_entries)),
         DedupBackend::Redis => {
             let redis = RedisDedup::new(
-                &settings.redis_url,
+                settings.redis_url.expose_secret(),
                 &settings.redis_key_prefix,
                 settings.redis_timeout,
             )?;

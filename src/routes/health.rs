@@ -1,5 +1,9 @@
-//! `/health/live` (the process answers) and `/health/ready` (it can accept notifications durably:
-//! the spool is writable, every sink is connected, and it is not shutting down).
+//! `/health/live` (the process answers) and `/health/ready` (a notification sent now would be made
+//! durable: not shutting down, the spool writable — or, with the spool off, every sink up since
+//! the sinks are then the durable step). Sink health is reported in the body and in `sink_up`,
+//! never a reason to be unready while the spool absorbs an outage: taking the gateway out of its
+//! Service during a broker outage would turn it into an ingest outage, and Dataloy deactivates a
+//! subscription after five failed deliveries.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -29,10 +33,19 @@ pub async fn ready(state: web::Data<AdminState>) -> HttpResponse {
     }
     for sink in &state.sinks {
         let up = sink.is_up();
-        ready &= up;
+        if state.spool.is_none() {
+            ready &= up;
+        }
         checks.insert(
             format!("sink:{}", sink.name()),
             Value::from(if up { "ok" } else { "down" }),
+        );
+    }
+    if let Some(running) = &state.relay_running {
+        let running = running.load(Ordering::Relaxed);
+        checks.insert(
+            "relay".into(),
+            Value::from(if running { "ok" } else { "restarting" }),
         );
     }
     for source in state.sources.iter().filter(|s| s.required_for_readiness) {

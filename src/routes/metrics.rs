@@ -21,6 +21,8 @@ pub struct AdminState {
     pub sources: Vec<SourceHealth>,
     pub max_body_bytes: u64,
     pub shutting_down: ShuttingDown,
+    /// The relay's running flag (false while it restarts after a panic); none without a spool.
+    pub relay_running: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 pub async fn render(state: web::Data<AdminState>) -> HttpResponse {

@@ -25,8 +25,12 @@ pub struct WebhookState {
     pub body_timeout: Duration,
     pub retry_after_seconds: u32,
     pub metrics: Metrics,
-    /// Bounds the notifications processed at once (load shedding).
+    /// Bounds the notifications processed at once (load shedding). Taken once the body is read,
+    /// so a slow sender holds none.
     pub in_flight: Arc<tokio::sync::Semaphore>,
+    /// Bytes of bodies buffered at once, over all connections; one permit a byte, taken as the
+    /// bytes arrive (never for a declared length).
+    pub buffered_bytes: Arc<tokio::sync::Semaphore>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +39,10 @@ pub enum WebhookError {
     Unauthorized { challenge: Option<&'static str> },
     #[error("content type must be application/json")]
     UnsupportedMediaType,
+    #[error("charset `{0}` is not supported; send the body as UTF-8")]
+    UnsupportedCharset(String),
+    #[error("content encoding `{0}` is not supported; send the body uncompressed")]
+    UnsupportedEncoding(String),
     #[error("body is larger than the limit of {limit} bytes")]
     TooLarge { limit: usize },
     #[error("body was not received in time")]
@@ -56,7 +64,9 @@ impl WebhookError {
     fn reason(&self) -> &'static str {
         match self {
             WebhookError::Unauthorized { .. } => "unauthorized",
-            WebhookError::UnsupportedMediaType => "unsupported_media_type",
+            WebhookError::UnsupportedMediaType
+            | WebhookError::UnsupportedCharset(_)
+            | WebhookError::UnsupportedEncoding(_) => "unsupported_media_type",
             WebhookError::TooLarge { .. } => "payload_too_large",
             WebhookError::BodyTimeout => "request_timeout",
             WebhookError::BodyRead => "invalid_body",
@@ -70,7 +80,9 @@ impl ResponseError for WebhookError {
     fn status_code(&self) -> StatusCode {
         match self {
             WebhookError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
-            WebhookError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            WebhookError::UnsupportedMediaType
+            | WebhookError::UnsupportedCharset(_)
+            | WebhookError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             WebhookError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             WebhookError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             WebhookError::BodyRead | WebhookError::Invalid(_) => StatusCode::BAD_REQUEST,
@@ -126,21 +138,26 @@ pub async fn receive(
     payload: web::Payload,
     state: web::Data<WebhookState>,
 ) -> Result<HttpResponse, WebhookError> {
-    let Ok(_permit) = state.in_flight.clone().try_acquire_owned() else {
-        state.metrics.received(Source::Webhook);
-        state.metrics.unavailable(Source::Webhook, "overloaded");
-        return Err(WebhookError::Overloaded {
-            retry_after_seconds: state.retry_after_seconds,
-        });
-    };
-    let body = match check_and_read(&request, payload, &state).await {
-        Ok(body) => body,
+    let (body, _buffered) = match check_and_read(&request, payload, &state).await {
+        Ok(read) => read,
+        Err(e @ WebhookError::Overloaded { .. }) => {
+            state.metrics.received(Source::Webhook);
+            state.metrics.unavailable(Source::Webhook, "overloaded");
+            return Err(e);
+        }
         Err(e) => {
             state.metrics.received(Source::Webhook);
             state.metrics.rejected(Source::Webhook, e.reason());
             tracing::info!(reason = e.reason(), "webhook request rejected");
             return Err(e);
         }
+    };
+    let Ok(_permit) = state.in_flight.clone().try_acquire_owned() else {
+        state.metrics.received(Source::Webhook);
+        state.metrics.unavailable(Source::Webhook, "overloaded");
+        return Err(WebhookError::Overloaded {
+            retry_after_seconds: state.retry_after_seconds,
+        });
     };
     let span = tracing::info_span!(
         "notification",
@@ -185,40 +202,93 @@ pub async fn unknown_route(
     Ok(super::error::not_found().await)
 }
 
+/// Checks credentials and headers, then reads the body within the byte budget; returns it with
+/// the budget it holds (released when the request is done).
 async fn check_and_read(
     request: &HttpRequest,
     payload: web::Payload,
     state: &WebhookState,
-) -> Result<Bytes, WebhookError> {
+) -> Result<(Bytes, BufferedBytes), WebhookError> {
     if !state.auth.verify(request.headers()) {
         return Err(WebhookError::Unauthorized {
             challenge: state.auth.challenge(),
         });
     }
-    if !is_json_or_absent(request.headers()) {
-        return Err(WebhookError::UnsupportedMediaType);
-    }
+    check_content_headers(request.headers())?;
     let limit = state.max_body_bytes;
     let declared = declared_length(request.headers());
     if declared.is_some_and(|len| len > limit) {
         return Err(WebhookError::TooLarge { limit });
     }
-    let capacity = declared.unwrap_or(8 * 1024).min(limit);
-    tokio::time::timeout(state.body_timeout, read_body(payload, limit, capacity))
-        .await
-        .map_err(|_| WebhookError::BodyTimeout)?
+    // A declared length is a promise, not bytes: reserve little up front and grow as data comes.
+    let capacity = declared.unwrap_or(0).min(INITIAL_CAPACITY);
+    let mut buffered = BufferedBytes {
+        budget: state.buffered_bytes.clone(),
+        held: None,
+        retry_after_seconds: state.retry_after_seconds,
+    };
+    let body = tokio::time::timeout(
+        state.body_timeout,
+        read_body(payload, limit, capacity, &mut buffered),
+    )
+    .await
+    .map_err(|_| WebhookError::BodyTimeout)??;
+    Ok((body, buffered))
+}
+
+/// Most bytes reserved for a body before any arrive.
+const INITIAL_CAPACITY: usize = 16 * 1024;
+
+/// The share of `server.max_buffered_bytes` one request holds.
+pub struct BufferedBytes {
+    budget: Arc<tokio::sync::Semaphore>,
+    held: Option<tokio::sync::OwnedSemaphorePermit>,
+    retry_after_seconds: u32,
+}
+
+impl BufferedBytes {
+    /// Takes `bytes` more from the budget, or fails at once when it is spent.
+    fn take(&mut self, bytes: usize) -> Result<(), WebhookError> {
+        let Ok(bytes) = u32::try_from(bytes) else {
+            return Err(self.overloaded_error());
+        };
+        let more = self
+            .budget
+            .clone()
+            .try_acquire_many_owned(bytes)
+            .map_err(|_| self.overloaded_error())?;
+        match &mut self.held {
+            Some(held) => held.merge(more),
+            None => self.held = Some(more),
+        }
+        Ok(())
+    }
+
+    fn overloaded_error(&self) -> WebhookError {
+        WebhookError::Overloaded {
+            retry_after_seconds: self.retry_after_seconds,
+        }
+    }
 }
 
 async fn read_body(
     mut payload: web::Payload,
     limit: usize,
     capacity: usize,
+    buffered: &mut BufferedBytes,
 ) -> Result<Bytes, WebhookError> {
     let mut body = BytesMut::with_capacity(capacity);
+    buffered.take(capacity)?;
+    let mut reserved = capacity;
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|_| WebhookError::BodyRead)?;
         if body.len() + chunk.len() > limit {
             return Err(WebhookError::TooLarge { limit });
+        }
+        let needed = body.len() + chunk.len();
+        if needed > reserved {
+            buffered.take(needed - reserved)?;
+            reserved = needed;
         }
         body.extend_from_slice(&chunk);
     }
@@ -235,20 +305,48 @@ fn declared_length(headers: &HeaderMap) -> Option<usize> {
         .ok()
 }
 
-/// `application/json`, any `application/…+json`, or no content type at all (Dataloy's own).
-fn is_json_or_absent(headers: &HeaderMap) -> bool {
+/// Refuses what the gateway cannot read as JSON text: a content type other than
+/// `application/json`, `application/…+json` or none at all (Dataloy's own); a charset other than
+/// UTF-8 (JSON's only encoding, RFC 8259); any content encoding but `identity` (the body is
+/// relayed byte for byte, so it is not decompressed here).
+fn check_content_headers(headers: &HeaderMap) -> Result<(), WebhookError> {
+    for value in headers.get_all(header::CONTENT_ENCODING) {
+        let text = value.to_str().unwrap_or("?");
+        for coding in text.split(',').map(str::trim) {
+            if !coding.eq_ignore_ascii_case("identity") && !coding.is_empty() {
+                return Err(WebhookError::UnsupportedEncoding(printable(coding)));
+            }
+        }
+    }
     let Some(value) = headers.get(header::CONTENT_TYPE) else {
-        return true;
+        return Ok(());
     };
     let Ok(value) = value.to_str() else {
-        return false;
+        return Err(WebhookError::UnsupportedMediaType);
     };
-    let essence = value
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"))
+    let mut parts = value.split(';');
+    let essence = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+    let json = essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"));
+    if !json {
+        return Err(WebhookError::UnsupportedMediaType);
+    }
+    for parameter in parts {
+        let Some((name, charset)) = parameter.split_once('=') else {
+            continue;
+        };
+        let charset = charset.trim().trim_matches('"');
+        if name.trim().eq_ignore_ascii_case("charset")
+            && !charset.eq_ignore_ascii_case("utf-8")
+            && !charset.eq_ignore_ascii_case("utf8")
+        {
+            return Err(WebhookError::UnsupportedCharset(printable(charset)));
+        }
+    }
+    Ok(())
+}
+
+/// A header value short and safe enough to echo in an error message.
+fn printable(value: &str) -> String {
+    value.chars().filter(|c| !c.is_control()).take(40).collect()
 }

@@ -4,9 +4,10 @@
 
 mod delivery;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use parking_lot::{Mutex, RwLock};
@@ -19,7 +20,9 @@ use self::delivery::{BatchReports, Failure, ReportCounter};
 use super::template::Template;
 use super::{PublishError, Sink, SinkError};
 use crate::config::KafkaSinkSettings;
+use crate::dead_letter::Reason;
 use crate::notification::Notification;
+use secrecy::ExposeSecret;
 
 /// How long a metadata request of the health probe may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -41,13 +44,16 @@ pub struct KafkaSink {
     key: Template,
     up: Arc<AtomicBool>,
     probe: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    missing_topics: MissingTopics,
 }
 
 impl KafkaSink {
     /// Creates the producer and starts the broker health probe. Connecting happens in the
     /// background: an unreachable broker makes the sink down, not the start-up fail.
-    pub fn new(settings: &KafkaSinkSettings) -> Result<Self, KafkaSinkError> {
-        let config = client_config(settings);
+    /// `max_body_bytes` (from `server.max_body_bytes`) sizes the producer's `message.max.bytes`,
+    /// so that every body the gateway accepts fits a message.
+    pub fn new(settings: &KafkaSinkSettings, max_body_bytes: u64) -> Result<Self, KafkaSinkError> {
+        let config = client_config(settings, max_body_bytes);
         let producer = config
             .create_with_context(ReportCounter)
             .map_err(KafkaSinkError::Client)?;
@@ -75,6 +81,10 @@ impl KafkaSink {
             key,
             up,
             probe: Mutex::new(Some(probe)),
+            missing_topics: MissingTopics {
+                grace: settings.missing_topic_grace,
+                since: Mutex::new(HashMap::new()),
+            },
         })
     }
 }
@@ -100,7 +110,7 @@ impl KafkaSink {
     }
 }
 
-fn client_config(settings: &KafkaSinkSettings) -> ClientConfig {
+fn client_config(settings: &KafkaSinkSettings, max_body_bytes: u64) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", &settings.brokers)
@@ -113,9 +123,13 @@ fn client_config(settings: &KafkaSinkSettings) -> ClientConfig {
         )
         .set("compression.type", settings.compression.as_str())
         .set("linger.ms", settings.linger.as_millis().to_string())
-        .set("batch.size", settings.batch_size.bytes().to_string());
+        .set("batch.size", settings.batch_size.bytes().to_string())
+        .set(
+            "message.max.bytes",
+            settings.message_max_bytes(max_body_bytes).to_string(),
+        );
     for (name, value) in &settings.properties {
-        config.set(name, value);
+        config.set(name, value.expose_secret());
     }
     config
 }
@@ -196,15 +210,48 @@ fn headers(notification: &Notification) -> OwnedHeaders {
     headers
 }
 
-fn describe(error: KafkaError, topic: &str) -> SinkError {
+/// Sorts a delivery failure: refused for good, or worth retrying. A missing topic is retried for
+/// `sinks.kafka.missing_topic_grace` (it may be being created), then refused.
+fn describe(error: KafkaError, topic: &str, missing: &MissingTopics) -> SinkError {
     match error.rdkafka_error_code() {
         Some(RDKafkaErrorCode::UnknownTopic | RDKafkaErrorCode::UnknownTopicOrPartition) => {
-            SinkError::Refused(format!("Kafka topic `{topic}` does not exist"))
+            let detail = format!("Kafka topic `{topic}` does not exist: {error}");
+            if missing.past_grace(topic) {
+                SinkError::refused(Reason::UnknownTopic, detail)
+            } else {
+                SinkError::Unavailable(detail)
+            }
         }
-        Some(RDKafkaErrorCode::MessageSizeTooLarge) => {
-            SinkError::Refused(format!("message too large for topic `{topic}`"))
-        }
+        Some(RDKafkaErrorCode::MessageSizeTooLarge) => SinkError::refused(
+            Reason::TooLarge,
+            format!("message too large for topic `{topic}`: {error}"),
+        ),
+        Some(RDKafkaErrorCode::InvalidTopic) => SinkError::refused(
+            Reason::InvalidTopic,
+            format!("`{topic}` is not a valid Kafka topic name: {error}"),
+        ),
         _ => SinkError::Unavailable(error.to_string()),
+    }
+}
+
+/// Topics found missing, and since when; cleared by any successful delivery.
+struct MissingTopics {
+    grace: Duration,
+    since: Mutex<HashMap<String, Instant>>,
+}
+
+impl MissingTopics {
+    fn past_grace(&self, topic: &str) -> bool {
+        let mut since = self.since.lock();
+        let first = *since.entry(topic.to_owned()).or_insert_with(Instant::now);
+        first.elapsed() >= self.grace
+    }
+
+    fn clear(&self) {
+        let mut since = self.since.lock();
+        if !since.is_empty() {
+            since.clear();
+        }
     }
 }
 
@@ -246,11 +293,12 @@ impl Sink for KafkaSink {
         }
         let Some((confirmed, failure)) = reports.finish().await else {
             self.up.store(true, Ordering::Relaxed);
+            self.missing_topics.clear();
             return Ok(());
         };
         let topic = self.topic.render(&batch[confirmed].envelope);
         let source = match failure {
-            Failure::Kafka(e) => describe(e, &topic),
+            Failure::Kafka(e) => describe(e, &topic, &self.missing_topics),
             Failure::Unreported => SinkError::Unavailable("producer dropped the message".into()),
         };
         if matches!(source, SinkError::Unavailable(_)) {

@@ -1,6 +1,8 @@
 //! Sinks: where notifications are relayed to. Every sink publishes a batch in order and reports
 //! success only once its destination confirmed every notification in it, so the relay never
-//! acknowledges (and the spool never deletes) something that is not safely delivered.
+//! acknowledges (and the spool never deletes) something that is not safely delivered. A failure
+//! says which notification failed and whether a retry can help: a transient one (broker away,
+//! timeout) is retried in order; a refusal for good goes to dead letters and the stream moves on.
 
 pub mod file;
 pub mod kafka;
@@ -12,6 +14,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::config::SinksSettings;
+use crate::dead_letter::Reason;
+use crate::metrics::Metrics;
 use crate::notification::Notification;
 
 pub use file::FileSink;
@@ -24,11 +28,22 @@ pub enum SinkError {
     Io(#[from] std::io::Error),
     #[error("destination unavailable: {0}")]
     Unavailable(String),
-    #[error("destination refused the message: {0}")]
-    Refused(String),
+    /// Refused for good: retrying the same notification cannot succeed.
+    #[error("destination refused the message ({}): {detail}", reason.as_str())]
+    Refused { reason: Reason, detail: String },
 }
 
-/// A failed batch: the first `confirmed` notifications were delivered, the rest were not.
+impl SinkError {
+    pub fn refused(reason: Reason, detail: impl Into<String>) -> Self {
+        SinkError::Refused {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// A failed batch: the first `confirmed` notifications were delivered, the one after them
+/// failed with `source`, and the rest were not delivered.
 #[derive(Debug, thiserror::Error)]
 #[error("{source} (after {confirmed} confirmed)")]
 pub struct PublishError {
@@ -59,16 +74,20 @@ pub trait Sink: Send + Sync + 'static {
 }
 
 /// Builds every sink whose table is present in the configuration.
-pub async fn build_all(settings: &SinksSettings) -> anyhow::Result<Vec<Arc<dyn Sink>>> {
+pub async fn build_all(
+    settings: &SinksSettings,
+    max_body_bytes: u64,
+    metrics: &Metrics,
+) -> anyhow::Result<Vec<Arc<dyn Sink>>> {
     let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
     if let Some(file) = &settings.file {
         sinks.push(Arc::new(FileSink::new(file).await));
     }
     if let Some(kafka) = &settings.kafka {
-        sinks.push(Arc::new(KafkaSink::new(kafka)?));
+        sinks.push(Arc::new(KafkaSink::new(kafka, max_body_bytes)?));
     }
     if let Some(rabbitmq) = &settings.rabbitmq {
-        sinks.push(Arc::new(RabbitMqSink::new(rabbitmq)));
+        sinks.push(Arc::new(RabbitMqSink::new(rabbitmq, metrics.clone())));
     }
     Ok(sinks)
 }

@@ -1,8 +1,12 @@
 //! The RabbitMQ sink (lapin): publishes on a channel in confirm mode, so a publish counts only on
-//! the broker's ack; a nack, a returned (unroutable, `mandatory`) message or a closed channel is
-//! a failure the relay retries. A whole batch is published before the confirms are awaited (many
-//! publishes in flight). The connection is re-established with the relay's backoff, and a probe
-//! reconnects eagerly so `/health/ready` follows the broker.
+//! the broker's ack; a nack or a closed channel is a failure the relay retries. A returned
+//! (unroutable, `mandatory`) message is handled by `sinks.rabbitmq.unroutable`: dead letters by
+//! default. A value AMQP cannot carry (a short string over 255 bytes: routing key, message id) is
+//! refused for good before anything is sent. A whole batch is published before the confirms are
+//! awaited (many publishes in flight), and only the leading confirmed messages count as
+//! delivered. Connecting and confirming are bounded by timeouts, so a broker that accepts TCP and
+//! never answers makes the sink down instead of hanging it. A probe reconnects eagerly so
+//! `sink_up` follows the broker.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -17,8 +21,27 @@ use secrecy::ExposeSecret;
 
 use super::template::Template;
 use super::{PublishError, Sink, SinkError};
-use crate::config::{RabbitMqExchangeKind, RabbitMqSinkSettings};
+use crate::config::{RabbitMqExchangeKind, RabbitMqSinkSettings, UnroutablePolicy};
+use crate::dead_letter::Reason;
+use crate::metrics::Metrics;
 use crate::notification::Notification;
+
+/// Longest AMQP short string, in bytes.
+const SHORT_STRING_MAX: usize = 255;
+
+/// A short string, or a refusal naming the field when it is longer than AMQP can carry.
+fn short_string(field: &str, value: &str) -> Result<ShortString, SinkError> {
+    if value.len() > SHORT_STRING_MAX {
+        return Err(SinkError::refused(
+            Reason::Unrepresentable,
+            format!(
+                "{field} is {} bytes; AMQP carries at most {SHORT_STRING_MAX}",
+                value.len()
+            ),
+        ));
+    }
+    Ok(ShortString::from(value))
+}
 
 /// AMQP delivery mode for messages that survive a broker restart.
 const PERSISTENT: u8 = 2;
@@ -33,6 +56,7 @@ struct Inner {
     routing_key: Template,
     link: tokio::sync::Mutex<Option<Link>>,
     up: AtomicBool,
+    metrics: Metrics,
 }
 
 /// A connection and its confirm-mode channel.
@@ -50,12 +74,13 @@ impl Link {
 impl RabbitMqSink {
     /// Creates the sink and starts connecting in the background: an unreachable broker makes
     /// the sink down, not the start-up fail.
-    pub fn new(settings: &RabbitMqSinkSettings) -> Self {
+    pub fn new(settings: &RabbitMqSinkSettings, metrics: Metrics) -> Self {
         let inner = Arc::new(Inner {
             settings: settings.clone(),
             routing_key: Template::parse(&settings.routing_key).expect("validated at load"),
             link: tokio::sync::Mutex::new(None),
             up: AtomicBool::new(false),
+            metrics,
         });
         let probe = tokio::spawn(probe(inner.clone(), settings.health_interval));
         Self {
@@ -88,14 +113,21 @@ impl Inner {
         if link.take().is_some() {
             self.set_up(false, "RabbitMQ connection lost");
         }
-        match self.connect().await {
-            Ok(fresh) => {
+        let timeout = self.settings.connect_timeout;
+        match tokio::time::timeout(timeout, self.connect()).await {
+            Ok(Ok(fresh)) => {
                 self.set_up(true, "RabbitMQ connected");
                 Ok(link.insert(fresh))
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 self.set_up(false, "RabbitMQ unreachable");
                 Err(SinkError::Unavailable(e.to_string()))
+            }
+            Err(_) => {
+                self.set_up(false, "RabbitMQ did not answer in time");
+                Err(SinkError::Unavailable(format!(
+                    "no connection within sinks.rabbitmq.connect_timeout ({timeout:?})"
+                )))
             }
         }
     }
@@ -136,8 +168,10 @@ impl Inner {
         }
     }
 
-    fn properties(&self, notification: &Notification) -> BasicProperties {
+    fn properties(&self, notification: &Notification) -> Result<BasicProperties, SinkError> {
         let env = &notification.envelope;
+        let message_id = short_string("message_id (the notification id)", env.id.as_str())?;
+        let kind = short_string("type (the object type)", &env.object_type)?;
         let mut headers = FieldTable::default();
         let mut put = |name: &str, value: String| {
             headers.insert(
@@ -152,13 +186,37 @@ impl Inner {
         if let Some(key) = env.subscription_key {
             put("dataloy-subscription-key", key.to_string());
         }
-        BasicProperties::default()
+        Ok(BasicProperties::default()
             .with_delivery_mode(PERSISTENT)
-            .with_message_id(ShortString::from(env.id.as_str()))
+            .with_message_id(message_id)
             .with_content_type(ShortString::from("application/json"))
             .with_timestamp(notification.received_at_ms / 1000)
-            .with_type(ShortString::from(env.object_type.as_str()))
-            .with_headers(headers)
+            .with_type(kind)
+            .with_headers(headers))
+    }
+
+    /// What a returned (unroutable) message means under `sinks.rabbitmq.unroutable`: `Ok` when
+    /// it counts as handled (dropped), else the failure.
+    fn unroutable(&self, notification: &Notification, routing_key: &str) -> Result<(), SinkError> {
+        let detail = format!(
+            "unroutable: no queue is bound to exchange `{}` for routing key `{routing_key}`",
+            self.settings.exchange
+        );
+        match self.settings.unroutable {
+            UnroutablePolicy::DeadLetter => Err(SinkError::refused(Reason::Unroutable, detail)),
+            UnroutablePolicy::Retry => Err(SinkError::Unavailable(detail)),
+            UnroutablePolicy::Drop => {
+                self.metrics
+                    .sink_dropped("rabbitmq", Reason::Unroutable.as_str());
+                tracing::warn!(
+                    sink = "rabbitmq",
+                    notification_id = %notification.envelope.id,
+                    routing_key,
+                    "unroutable notification dropped (sinks.rabbitmq.unroutable = \"drop\")"
+                );
+                Ok(())
+            }
+        }
     }
 }
 
@@ -186,64 +244,84 @@ impl Sink for RabbitMqSink {
             .map_err(PublishError::none_confirmed)?;
         let exchange = ShortString::from(inner.settings.exchange.as_str());
         let mut confirms = Vec::with_capacity(batch.len());
-        let mut failure = None;
+        // Why publishing stopped before the end of the batch: it concerns `batch[confirms.len()]`.
+        let mut stopped = None;
         for notification in batch {
             let routing_key = inner.routing_key.render(&notification.envelope);
+            let message = short_string("routing key", &routing_key)
+                .and_then(|key| Ok((key, inner.properties(notification)?)));
+            let (key, properties) = match message {
+                Ok(message) => message,
+                Err(refusal) => {
+                    stopped = Some(refusal);
+                    break;
+                }
+            };
             let published = link
                 .channel
                 .basic_publish(
                     exchange.clone(),
-                    ShortString::from(routing_key.as_str()),
+                    key,
                     BasicPublishOptions {
                         mandatory: true,
                         ..BasicPublishOptions::default()
                     },
                     &notification.body,
-                    inner.properties(notification),
+                    properties,
                 )
                 .await;
             match published {
                 Ok(confirm) => confirms.push((confirm, routing_key)),
                 Err(e) => {
-                    failure = Some(SinkError::Unavailable(e.to_string()));
+                    stopped = Some(SinkError::Unavailable(e.to_string()));
                     break;
                 }
             }
         }
+        // Only the leading confirmed messages count: the relay resends from the first failure.
         let mut confirmed = 0;
-        for (confirm, routing_key) in confirms {
-            let outcome = match confirm.await {
-                Ok(Confirmation::Ack(None)) => Ok(()),
-                Ok(Confirmation::Ack(Some(_))) => Err(SinkError::Refused(format!(
-                    "unroutable: no queue is bound to exchange `{}` for routing key `{routing_key}`",
-                    inner.settings.exchange
-                ))),
-                Ok(Confirmation::Nack(_)) => {
-                    Err(SinkError::Refused("the broker nacked the message".into()))
-                }
-                Ok(Confirmation::NotRequested) => Err(SinkError::Unavailable(
+        let mut failure = None;
+        let deadline = tokio::time::Instant::now() + inner.settings.confirm_timeout;
+        for (index, (confirm, routing_key)) in confirms.into_iter().enumerate() {
+            let outcome = match tokio::time::timeout_at(deadline, confirm).await {
+                Ok(Ok(Confirmation::Ack(None))) => Ok(()),
+                Ok(Ok(Confirmation::Ack(Some(_)))) => inner.unroutable(&batch[index], &routing_key),
+                Ok(Ok(Confirmation::Nack(_))) => Err(SinkError::Unavailable(
+                    "the broker nacked the message".into(),
+                )),
+                Ok(Ok(Confirmation::NotRequested)) => Err(SinkError::Unavailable(
                     "channel is not in confirm mode".into(),
                 )),
-                Err(e) => Err(SinkError::Unavailable(e.to_string())),
+                Ok(Err(e)) => Err(SinkError::Unavailable(e.to_string())),
+                Err(_) => {
+                    // A broker that stopped answering: drop the link, so the retry reconnects.
+                    *guard = None;
+                    inner.set_up(false, "RabbitMQ stopped confirming");
+                    failure = Some(SinkError::Unavailable(format!(
+                        "no confirm within sinks.rabbitmq.confirm_timeout ({:?})",
+                        inner.settings.confirm_timeout
+                    )));
+                    break;
+                }
             };
             match outcome {
-                Ok(()) if failure.is_none() => confirmed += 1,
-                Ok(()) => {}
+                Ok(()) => confirmed += 1,
                 Err(e) => {
-                    failure.get_or_insert(e);
+                    failure = Some(e);
+                    break;
                 }
             }
         }
-        match failure {
-            None => Ok(()),
-            Some(source) => {
-                if matches!(source, SinkError::Unavailable(_)) && !link.is_open() {
-                    *guard = None;
-                    inner.set_up(false, "RabbitMQ connection lost");
-                }
-                Err(PublishError { confirmed, source })
-            }
+        let Some(source) = failure.or(stopped) else {
+            return Ok(());
+        };
+        if matches!(source, SinkError::Unavailable(_))
+            && guard.as_ref().is_some_and(|link| !link.is_open())
+        {
+            *guard = None;
+            inner.set_up(false, "RabbitMQ connection lost");
         }
+        Err(PublishError { confirmed, source })
     }
 
     fn is_up(&self) -> bool {

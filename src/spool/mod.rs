@@ -47,6 +47,8 @@ pub enum SpoolError {
     Closed,
     #[error("spool directory {0} is in use by another gateway process")]
     Locked(PathBuf),
+    #[error("notification cannot be stored: {0}")]
+    Unrepresentable(#[from] record::EncodeError),
 }
 
 /// Spool limits, from `[spool]`.

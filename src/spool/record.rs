@@ -24,9 +24,57 @@ pub struct SpoolRecord {
     pub notification: Notification,
 }
 
-/// Appends the encoded record to `out`; `generation` is that of the segment it goes into.
-pub fn encode(seq: u64, generation: u64, notification: &Notification, out: &mut Vec<u8>) {
+/// A notification the record format cannot represent. Envelope validation keeps every field far
+/// below these limits; the encoder checks anyway, and refuses rather than truncates.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    #[error("field `{field}` is {len} bytes; a spool record holds at most {MAX_TEXT_LEN}")]
+    FieldTooLong { field: &'static str, len: usize },
+    #[error("record payload would be {len} bytes; a spool record holds at most {MAX_PAYLOAD_LEN}")]
+    TooLarge { len: usize },
+}
+
+/// Longest text field (id, object type, event time) a record can hold: its length is a `u16`.
+pub const MAX_TEXT_LEN: usize = u16::MAX as usize;
+
+/// Checks that a notification with these field and body lengths fits a record; pure, so that the
+/// limits can be tested at every width boundary without allocating the bytes.
+pub fn check_lengths(
+    text_lens: [(&'static str, usize); 3],
+    body_len: usize,
+) -> Result<(), EncodeError> {
+    let mut payload = MIN_PAYLOAD_LEN;
+    for (field, len) in text_lens {
+        if len > MAX_TEXT_LEN {
+            return Err(EncodeError::FieldTooLong { field, len });
+        }
+        payload += len;
+    }
+    match payload.checked_add(body_len) {
+        Some(len) if len <= MAX_PAYLOAD_LEN => Ok(()),
+        Some(len) => Err(EncodeError::TooLarge { len }),
+        None => Err(EncodeError::TooLarge { len: usize::MAX }),
+    }
+}
+
+/// Appends the encoded record to `out`; `generation` is that of the segment it goes into. On an
+/// error `out` is left as it was.
+pub fn encode(
+    seq: u64,
+    generation: u64,
+    notification: &Notification,
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
     let env = &notification.envelope;
+    let texts = [
+        ("id", env.id.as_str()),
+        ("objectType", env.object_type.as_str()),
+        ("eventTime", env.event_time.as_str()),
+    ];
+    check_lengths(
+        texts.map(|(field, text)| (field, text.len())),
+        notification.body.len(),
+    )?;
     let start = out.len();
     out.extend_from_slice(&[0u8; HEADER_LEN]);
     out.extend_from_slice(&seq.to_le_bytes());
@@ -44,16 +92,18 @@ pub fn encode(seq: u64, generation: u64, notification: &Notification, out: &mut 
             out.extend_from_slice(&0i64.to_le_bytes());
         }
     }
-    for text in [env.id.as_str(), &env.object_type, &env.event_time] {
-        // Envelope validation bounds these far below u16::MAX.
-        out.extend_from_slice(&(text.len() as u16).to_le_bytes());
+    for (_, text) in texts {
+        let len = u16::try_from(text.len()).expect("checked by check_lengths");
+        out.extend_from_slice(&len.to_le_bytes());
         out.extend_from_slice(text.as_bytes());
     }
     out.extend_from_slice(&notification.body);
-    let payload_len = (out.len() - start - HEADER_LEN) as u32;
+    let payload_len =
+        u32::try_from(out.len() - start - HEADER_LEN).expect("checked by check_lengths");
     let crc = crc32fast::hash(&out[start + HEADER_LEN..]);
     out[start..start + 4].copy_from_slice(&payload_len.to_le_bytes());
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    Ok(())
 }
 
 /// Why bytes at some offset are not a record.
@@ -160,7 +210,7 @@ mod tests {
     fn round_trip() {
         let n = sample();
         let mut buf = Vec::new();
-        encode(42, 7, &n, &mut buf);
+        encode(42, 7, &n, &mut buf).unwrap();
         let (record, len) = decode(&buf, 7).unwrap();
         assert_eq!(len, buf.len());
         assert_eq!(record.seq, 42);
@@ -170,14 +220,14 @@ mod tests {
     #[test]
     fn a_record_of_another_generation_is_stale_not_corrupt() {
         let mut buf = Vec::new();
-        encode(42, 7, &sample(), &mut buf);
+        encode(42, 7, &sample(), &mut buf).unwrap();
         assert_eq!(decode(&buf, 8).unwrap_err(), DecodeError::Stale);
     }
 
     #[test]
     fn torn_and_flipped_records_are_detected() {
         let mut buf = Vec::new();
-        encode(1, 7, &sample(), &mut buf);
+        encode(1, 7, &sample(), &mut buf).unwrap();
         assert!(matches!(
             decode(&buf[..buf.len() - 1], 7),
             Err(DecodeError::Incomplete { .. })
@@ -188,5 +238,53 @@ mod tests {
             decode(&buf, 7).unwrap_err(),
             DecodeError::Corrupt("checksum mismatch")
         );
+    }
+
+    #[test]
+    fn lengths_are_refused_at_every_width_boundary_not_wrapped() {
+        let ok = |id, body| check_lengths([("id", id), ("objectType", 8), ("eventTime", 19)], body);
+        for len in [255, 256, 65_535] {
+            assert_eq!(ok(len, 0), Ok(()), "{len}");
+        }
+        for len in [65_536, 70_000, 1 << 32] {
+            assert_eq!(
+                ok(len, 0),
+                Err(EncodeError::FieldTooLong { field: "id", len }),
+                "{len}"
+            );
+        }
+        let room = MAX_PAYLOAD_LEN - MIN_PAYLOAD_LEN - 8 - 19;
+        assert_eq!(ok(0, room), Ok(()));
+        assert!(matches!(ok(0, room + 1), Err(EncodeError::TooLarge { .. })));
+        assert!(matches!(ok(0, 1 << 32), Err(EncodeError::TooLarge { .. })));
+        assert!(matches!(
+            ok(0, usize::MAX),
+            Err(EncodeError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn an_over_long_field_is_refused_and_leaves_the_buffer_alone() {
+        let mut n = sample();
+        n.envelope.event_time = " ".repeat(70_000);
+        let mut buf = vec![1, 2, 3];
+        assert_eq!(
+            encode(1, 7, &n, &mut buf),
+            Err(EncodeError::FieldTooLong {
+                field: "eventTime",
+                len: 70_000
+            })
+        );
+        assert_eq!(buf, [1, 2, 3]);
+    }
+
+    #[test]
+    fn fields_just_under_the_text_limit_round_trip() {
+        let mut n = sample();
+        n.envelope.event_time = "0".repeat(MAX_TEXT_LEN);
+        let mut buf = Vec::new();
+        encode(3, 7, &n, &mut buf).unwrap();
+        let (record, len) = decode(&buf, 7).unwrap();
+        assert_eq!((record.notification, len), (n, buf.len()));
     }
 }

@@ -135,12 +135,15 @@ impl Writer {
         let used = self.shared.disk_bytes.load(Ordering::Relaxed);
         for (notification, reply) in group.drain(..) {
             let before = self.buffer.len();
-            record::encode(
+            if let Err(e) = record::encode(
                 self.next_seq,
                 self.active_generation,
                 &notification,
                 &mut self.buffer,
-            );
+            ) {
+                let _ = reply.send(Err(SpoolError::Unrepresentable(e)));
+                continue;
+            }
             if used + self.buffer.len() as u64 > self.shared.max_bytes {
                 self.buffer.truncate(before);
                 let _ = reply.send(Err(SpoolError::Full));

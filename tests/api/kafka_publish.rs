@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use dataloy_gateway::config::KafkaSinkSettings;
+use dataloy_gateway::dead_letter::Reason;
 use dataloy_gateway::envelope::Envelope;
 use dataloy_gateway::notification::Notification;
 use dataloy_gateway::sink::{KafkaSink, Sink, SinkError};
@@ -35,7 +36,7 @@ fn sink(prefix: &str, configure: impl FnOnce(&mut KafkaSinkSettings)) -> KafkaSi
         ..KafkaSinkSettings::default()
     };
     configure(&mut settings);
-    KafkaSink::new(&settings).expect("sink starts")
+    KafkaSink::new(&settings, 1 << 20).expect("sink starts")
 }
 
 #[tokio::test]
@@ -58,7 +59,10 @@ async fn a_message_refused_at_enqueue_confirms_the_ones_before_it_and_sends_none
 
     assert_eq!(error.confirmed, 2, "{error}");
     assert!(
-        matches!(&error.source, SinkError::Refused(m) if m.contains("too large")),
+        matches!(
+            &error.source,
+            SinkError::Refused { reason: Reason::TooLarge, detail } if detail.contains("too large")
+        ),
         "{error}"
     );
     let delivered = consume(&brokers(), &topic, 1, 2, Duration::from_secs(30)).await;

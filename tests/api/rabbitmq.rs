@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use dataloy_gateway::config::{RabbitMqSinkSettings, Settings};
+use dataloy_gateway::config::{RabbitMqSinkSettings, Settings, UnroutablePolicy};
+use dataloy_gateway::dead_letter::{DeadLetterStore, Reason};
 use secrecy::SecretString;
 use serde_json::Value;
 
@@ -79,9 +80,13 @@ async fn every_accepted_notification_arrives_once_with_its_properties_routed_by_
 }
 
 #[tokio::test]
-async fn an_unroutable_message_is_retried_until_a_queue_is_bound() {
+async fn with_unroutable_retry_an_unroutable_message_is_retried_until_a_queue_is_bound() {
     let exchange = unique("x-unroutable");
-    let app = spawn_app_with(|s, _| with_rabbitmq(s, &exchange)).await;
+    let app = spawn_app_with(|s, _| {
+        with_rabbitmq(s, &exchange);
+        s.sinks.rabbitmq.as_mut().unwrap().unroutable = UnroutablePolicy::Retry;
+    })
+    .await;
 
     assert_eq!(app.post(sample_with_id("lonely-1")).await.status(), 200);
     assert!(
@@ -98,6 +103,142 @@ async fn an_unroutable_message_is_retried_until_a_queue_is_bound() {
 
     let got = drain(&queue, 1, Duration::from_secs(30)).await;
     assert_eq!(got.iter().map(message_id).collect::<Vec<_>>(), ["lonely-1"]);
+}
+
+/// The notification of `object_type` with `id` (the documented sample, both replaced).
+fn of_type(object_type: &str, id: &str) -> Vec<u8> {
+    String::from_utf8(sample_with_id(id))
+        .unwrap()
+        .replace(
+            "\"objectType\": \"PortCall\"",
+            &format!("\"objectType\": \"{object_type}\""),
+        )
+        .into_bytes()
+}
+
+fn dead_letters(app: &TestApp) -> DeadLetterStore {
+    DeadLetterStore::open(&app.dir.path().join("spool/dead-letters"), 1 << 30).unwrap()
+}
+
+#[tokio::test]
+async fn an_unroutable_notification_goes_to_dead_letters_and_the_ones_after_it_are_delivered() {
+    // Arrange: the usual consumer, bound to the PortCall events only.
+    let exchange = unique("x-dead");
+    let port_calls = bind_queue(&exchange, "PortCall.*").await;
+    let app = spawn_app_with(|s, _| with_rabbitmq(s, &exchange)).await;
+
+    // Act: one BunkerOrderLine notification, then five PortCall ones.
+    let unroutable = of_type("BunkerOrderLine", "dl-bol-1");
+    assert_eq!(app.post(unroutable.clone()).await.status(), 200);
+    for i in 0..5 {
+        assert_eq!(
+            app.post(sample_with_id(&format!("dl-pc-{i}")))
+                .await
+                .status(),
+            200
+        );
+    }
+
+    // Assert: all five delivered, the unroutable one kept byte for byte in dead letters.
+    let got = drain(&port_calls, 5, Duration::from_secs(30)).await;
+    let ids: Vec<String> = got.iter().map(message_id).collect();
+    assert_eq!(ids, ["dl-pc-0", "dl-pc-1", "dl-pc-2", "dl-pc-3", "dl-pc-4"]);
+    assert!(
+        eventually(|| async { app.metric("dataloy_gateway_spool_depth_records").await == 0.0 })
+            .await
+    );
+    let store = dead_letters(&app);
+    let entries: Vec<_> = store
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].id, "dl-bol-1");
+    assert_eq!(entries[0].sink, "rabbitmq");
+    assert_eq!(entries[0].reason, Reason::Unroutable);
+    assert!(
+        entries[0].error.contains("BunkerOrderLine.U"),
+        "{}",
+        entries[0].error
+    );
+    assert_eq!(store.read(&entries[0].name).unwrap().body, unroutable);
+    assert_eq!(
+        app.metric("dataloy_gateway_dead_letters_total{reason=\"unroutable\",sink=\"rabbitmq\"}")
+            .await,
+        1.0
+    );
+    let ready = app
+        .client
+        .get(format!("{}/health/ready", app.admin_address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+}
+
+#[tokio::test]
+async fn with_unroutable_drop_an_unroutable_notification_is_counted_and_skipped() {
+    let exchange = unique("x-drop");
+    let port_calls = bind_queue(&exchange, "PortCall.*").await;
+    let app = spawn_app_with(|s, _| {
+        with_rabbitmq(s, &exchange);
+        s.sinks.rabbitmq.as_mut().unwrap().unroutable = UnroutablePolicy::Drop;
+    })
+    .await;
+
+    assert_eq!(app.post(of_type("Vessel", "drop-1")).await.status(), 200);
+    assert_eq!(app.post(sample_with_id("drop-2")).await.status(), 200);
+
+    let got = drain(&port_calls, 1, Duration::from_secs(30)).await;
+    assert_eq!(got.iter().map(message_id).collect::<Vec<_>>(), ["drop-2"]);
+    assert_eq!(
+        app.metric("dataloy_gateway_sink_dropped_total{reason=\"unroutable\",sink=\"rabbitmq\"}")
+            .await,
+        1.0
+    );
+    assert!(dead_letters(&app).list().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_routing_key_over_255_bytes_is_a_dead_letter_not_a_panic() {
+    // Arrange: a template that renders past AMQP's 255-byte short string for long object types.
+    let exchange = unique("x-long");
+    let everything = bind_queue(&exchange, "#").await;
+    let app = spawn_app_with(|s, _| {
+        with_rabbitmq(s, &exchange);
+        s.sinks.rabbitmq.as_mut().unwrap().routing_key =
+            format!("{}.{{objectType}}", "r".repeat(200));
+    })
+    .await;
+
+    // Act: 200 + 1 + 60 bytes, then one that fits.
+    let long_type = format!("T{}", "x".repeat(59));
+    assert_eq!(app.post(of_type(&long_type, "long-1")).await.status(), 200);
+    assert_eq!(app.post(sample_with_id("long-2")).await.status(), 200);
+
+    // Assert
+    let got = drain(&everything, 1, Duration::from_secs(30)).await;
+    assert_eq!(got.iter().map(message_id).collect::<Vec<_>>(), ["long-2"]);
+    let entries: Vec<_> = dead_letters(&app)
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].reason, Reason::Unrepresentable);
+    assert!(
+        entries[0].error.contains("routing key is 261 bytes"),
+        "{}",
+        entries[0].error
+    );
+    assert_eq!(
+        app.metric("dataloy_gateway_relay_panics_total{sink=\"rabbitmq\"}")
+            .await,
+        0.0
+    );
 }
 
 #[tokio::test]

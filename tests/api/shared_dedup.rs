@@ -12,7 +12,7 @@ use crate::helpers::*;
 
 fn with_redis(settings: &mut Settings, url: &str, prefix: &str) {
     settings.dedup.backend = DedupBackend::Redis;
-    settings.dedup.redis_url = url.to_owned();
+    settings.dedup.redis_url = url.into();
     settings.dedup.redis_key_prefix = prefix.to_owned();
     settings.dedup.redis_timeout = Duration::from_millis(300);
 }

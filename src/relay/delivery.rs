@@ -1,0 +1,195 @@
+//! Delivering one batch to one sink: confirmed notifications count as done, a notification the
+//! sink refused for good is stored in dead letters and counts as done, anything else is retried
+//! with backoff from the first notification not done, so order is kept. A panic inside the sink
+//! is caught: the rest of the batch is then published one notification at a time, and one that
+//! makes the sink panic on its own goes to dead letters.
+
+use std::any::Any;
+use std::panic::AssertUnwindSafe;
+use std::time::Instant;
+
+use futures::FutureExt;
+use tokio::sync::watch;
+
+use super::{sleep_or_shutdown, with_jitter};
+use crate::config::RelaySettings;
+use crate::dead_letter::{Attempts, DeadLetterStore, Reason};
+use crate::metrics::Metrics;
+use crate::notification::{unix_millis, Notification};
+use crate::sink::{Sink, SinkError};
+
+pub(super) struct Delivery<'a> {
+    pub sink: &'a dyn Sink,
+    pub settings: &'a RelaySettings,
+    pub metrics: &'a Metrics,
+    pub dead_letters: &'a DeadLetterStore,
+}
+
+/// Attempts at the first notification not yet done.
+#[derive(Default)]
+struct HeadAttempts {
+    first_ms: u64,
+    last_ms: u64,
+    count: u32,
+}
+
+impl HeadAttempts {
+    fn record(&mut self) {
+        let now = unix_millis();
+        if self.count == 0 {
+            self.first_ms = now;
+        }
+        self.last_ms = now;
+        self.count = self.count.saturating_add(1);
+    }
+
+    fn attempts(&self) -> Attempts {
+        Attempts {
+            first_ms: self.first_ms,
+            last_ms: self.last_ms,
+            count: self.count,
+        }
+    }
+}
+
+impl Delivery<'_> {
+    /// Delivers `batch` until every notification is confirmed or dead-lettered; false if
+    /// shutdown came first (what is not done stays in the spool).
+    pub async fn deliver(
+        &self,
+        batch: &[Notification],
+        mut shutdown: watch::Receiver<bool>,
+    ) -> bool {
+        let name = self.sink.name();
+        let mut done = 0;
+        let mut head = HeadAttempts::default();
+        let mut backoff = self.settings.retry_initial_backoff;
+        let mut one_at_a_time = false;
+        while done < batch.len() {
+            let end = if one_at_a_time { done + 1 } else { batch.len() };
+            let started = Instant::now();
+            let publish = AssertUnwindSafe(self.sink.publish(&batch[done..end])).catch_unwind();
+            let outcome = tokio::select! {
+                outcome = publish => outcome,
+                _ = shutdown.wait_for(|stop| *stop) => return false,
+            };
+            head.record();
+            let failure = match outcome {
+                Ok(Ok(())) => {
+                    self.metrics
+                        .sink_published(name, end - done, started.elapsed());
+                    done = end;
+                    head = HeadAttempts::default();
+                    backoff = self.settings.retry_initial_backoff;
+                    continue;
+                }
+                Ok(Err(e)) => {
+                    let confirmed = e.confirmed.min(end - done);
+                    if confirmed > 0 {
+                        self.metrics
+                            .sink_published(name, confirmed, started.elapsed());
+                        done += confirmed;
+                        head = HeadAttempts::default();
+                        head.record();
+                    }
+                    if done == end {
+                        continue;
+                    }
+                    e.source
+                }
+                Err(panic) => {
+                    self.metrics.delivery.panicked(name);
+                    let message = panic_message(panic.as_ref());
+                    tracing::error!(
+                        sink = name,
+                        panic = message,
+                        batch = end - done,
+                        "the sink panicked while publishing"
+                    );
+                    if end - done > 1 {
+                        // Find the notification that causes it: the same batch, one at a time.
+                        one_at_a_time = true;
+                        continue;
+                    }
+                    SinkError::refused(Reason::SinkPanic, format!("the sink panicked: {message}"))
+                }
+            };
+            if let SinkError::Refused { reason, detail } = &failure {
+                if self.dead_letter(&batch[done], *reason, detail, &head) {
+                    done += 1;
+                    head = HeadAttempts::default();
+                    continue;
+                }
+            } else {
+                self.metrics.sink_publish_failed(name);
+            }
+            let wait = with_jitter(backoff);
+            tracing::warn!(
+                sink = name,
+                error = %failure,
+                notification_id = %batch[done].envelope.id,
+                pending = batch.len() - done,
+                retry_in_ms = wait.as_millis() as u64,
+                "publish failed; will retry"
+            );
+            if sleep_or_shutdown(wait, &mut shutdown).await {
+                return false;
+            }
+            backoff = (backoff * 2).min(self.settings.retry_max_backoff);
+        }
+        true
+    }
+
+    /// Stores a refused notification in dead letters; false if it could not be stored (the
+    /// caller retries the notification: nothing is dropped).
+    fn dead_letter(
+        &self,
+        notification: &Notification,
+        reason: Reason,
+        detail: &str,
+        head: &HeadAttempts,
+    ) -> bool {
+        let name = self.sink.name();
+        match self
+            .dead_letters
+            .store(name, notification, reason, detail, head.attempts())
+        {
+            Ok(entry) => {
+                self.metrics.delivery.dead_lettered(name, reason);
+                self.metrics
+                    .delivery
+                    .dead_letter_bytes
+                    .set(self.dead_letters.used_bytes() as i64);
+                tracing::error!(
+                    sink = name,
+                    notification_id = %notification.envelope.id,
+                    reason = reason.as_str(),
+                    error = detail,
+                    dead_letter = entry,
+                    "notification refused for good; stored in dead letters, going on with the next"
+                );
+                true
+            }
+            Err(e) => {
+                self.metrics.delivery.dead_letter_store_failed(name);
+                tracing::error!(
+                    sink = name,
+                    notification_id = %notification.envelope.id,
+                    reason = reason.as_str(),
+                    error = %e,
+                    "cannot store a refused notification in dead letters; retrying it"
+                );
+                false
+            }
+        }
+    }
+}
+
+/// The text of a panic's payload, when it has one.
+pub(super) fn panic_message(payload: &(dyn Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
+}
