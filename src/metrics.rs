@@ -107,6 +107,8 @@ pub struct Metrics {
     pub spool_appends: IntCounter,
     pub spool_fsyncs: IntCounter,
     pub spool_recovered_bytes_dropped: IntCounter,
+    spool_quarantined_bytes: IntCounter,
+    spool_quarantined_records: IntCounter,
     spool_sync_duration: HistogramVec,
     pub dedup_entries: IntGauge,
     dedup_claims: IntCounterVec,
@@ -227,7 +229,17 @@ impl Metrics {
         );
         let spool_recovered_bytes_dropped = counter(
             "spool_recovery_dropped_bytes_total",
-            "Bytes of torn or corrupt spool records dropped during recovery.",
+            "Bytes of a torn record (a write a crash interrupted) cut off the newest spool segment \
+             during recovery.",
+        );
+        let spool_quarantined_bytes = counter(
+            "spool_quarantined_bytes_total",
+            "Bytes of damaged spool segments copied to quarantine (never relayed, never deleted).",
+        );
+        let spool_quarantined_records = counter(
+            "spool_quarantined_records_total",
+            "Records that could not be read from damaged spool segments (estimated from the \
+             sequence numbers missing around the damage).",
         );
         let spool_sync_duration = histogram(
             "spool_sync_duration_seconds",
@@ -318,6 +330,8 @@ impl Metrics {
             spool_appends,
             spool_fsyncs,
             spool_recovered_bytes_dropped,
+            spool_quarantined_bytes,
+            spool_quarantined_records,
             spool_sync_duration,
             dedup_entries,
             dedup_claims,
@@ -364,6 +378,12 @@ impl Metrics {
         self.spool_sync_duration
             .with_label_values(&[operation.as_str()])
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// Damaged spool bytes found (and, with `bytes` > 0, copied to quarantine).
+    pub fn spool_quarantined(&self, bytes: u64, records: u64) {
+        self.spool_quarantined_bytes.inc_by(bytes);
+        self.spool_quarantined_records.inc_by(records);
     }
 
     pub fn sink_published(&self, sink: &str, count: usize, elapsed: Duration) {

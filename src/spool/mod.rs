@@ -6,8 +6,11 @@
 //! enough spares are kept).
 
 mod cursor;
+mod quarantine;
 mod reader;
 pub mod record;
+mod recovery;
+mod scan;
 mod segment;
 mod writer;
 
@@ -86,9 +89,9 @@ pub struct Spool {
 }
 
 impl Spool {
-    /// Opens (or creates) the spool in `options.dir`, recovering from a crash: torn or corrupt
-    /// records are cut off and reported, fully relayed segments are retired (kept as spares or
-    /// deleted).
+    /// Opens (or creates) the spool in `options.dir`, recovering from a crash: a torn tail is cut
+    /// off, damaged ranges are quarantined and stepped over (see `scan`), fully relayed segments
+    /// are retired (kept as spares or deleted).
     pub fn open(options: SpoolOptions, metrics: Metrics) -> Result<Spool, SpoolError> {
         fs::create_dir_all(&options.dir)?;
         let lock = File::create(options.dir.join("lock"))?;
@@ -96,14 +99,9 @@ impl Spool {
             return Err(SpoolError::Locked(options.dir.clone()));
         }
         let (cursor, acked) = cursor::Cursor::open(&options.dir)?;
-        let (segments, spares) = recover(&options.dir, acked, &metrics)?;
-        let next_seq = segments
-            .iter()
-            .map(|s| s.last_seq)
-            .max()
-            .unwrap_or(0)
-            .max(acked)
-            + 1;
+        let found = recovery::scan_all(&options.dir, acked)?;
+        let next_seq = recovery::last_seq(&found).max(acked) + 1;
+        let (segments, spares) = recovery::apply(&options.dir, found, acked, &metrics)?;
         let disk_bytes = segments.iter().map(|s| s.durable_len).sum();
         let (durable_seq, _) = watch::channel(next_seq - 1);
         let shared = Arc::new(Shared {
@@ -230,7 +228,7 @@ impl Shared {
             let mut segments = self.segments.lock();
             let (done, keep) = segments
                 .drain(..)
-                .partition(|s| s.closed && s.last_seq <= seq);
+                .partition(|s| s.closed && !s.pinned && s.last_seq <= seq);
             *segments = keep;
             done
         };
@@ -247,7 +245,8 @@ impl Shared {
                 .fetch_sub(segment.durable_len, Ordering::Relaxed);
             // The cursor is stored, so this is housekeeping: a file left behind is retired by
             // the next recovery, and the other finished segments are still retired now.
-            if let Err(e) = retire(&self.dir, segment, &mut self.spares.lock()) {
+            let mut spares = self.spares.lock();
+            if let Err(e) = retire(&self.dir, &segment.path, segment.first_seq, &mut spares) {
                 tracing::warn!(segment = %segment.path.display(), error = %e, "cannot retire a relayed spool segment; recovery will");
             }
         }
@@ -258,64 +257,13 @@ impl Shared {
 }
 
 /// A relayed segment becomes a spare, or is deleted when there are enough spares.
-fn retire(dir: &Path, segment: &SegmentInfo, spares: &mut Vec<PathBuf>) -> io::Result<()> {
+fn retire(dir: &Path, path: &Path, first_seq: u64, spares: &mut Vec<PathBuf>) -> io::Result<()> {
     if spares.len() < MAX_SPARES {
-        let spare = segment::spare_path_for(dir, segment.first_seq);
-        fs::rename(&segment.path, &spare)?;
+        let spare = segment::spare_path_for(dir, first_seq);
+        fs::rename(path, &spare)?;
         spares.push(spare);
         Ok(())
     } else {
-        fs::remove_file(&segment.path)
+        fs::remove_file(path)
     }
-}
-
-/// Validates every segment left by the previous run and takes stock of the spares; see
-/// [`Spool::open`].
-fn recover(
-    dir: &Path,
-    acked: u64,
-    metrics: &Metrics,
-) -> Result<(Vec<SegmentInfo>, Vec<PathBuf>), SpoolError> {
-    let mut spares = Vec::new();
-    for spare in segment::list_spares(dir)? {
-        if spares.len() < MAX_SPARES {
-            spares.push(spare);
-        } else {
-            fs::remove_file(&spare)?;
-        }
-    }
-    let mut kept = Vec::new();
-    let mut previous_seq = 0;
-    for (first_seq, path) in segment::list(dir)? {
-        let report = segment::scan(&path, previous_seq)?;
-        if let Some(problem) = report.problem {
-            tracing::error!(
-                segment = %path.display(),
-                problem,
-                dropped_bytes = report.dropped_bytes,
-                kept_records = report.records,
-                "spool segment damaged; cutting it back to its last valid record"
-            );
-            metrics
-                .spool_recovered_bytes_dropped
-                .inc_by(report.dropped_bytes);
-            segment::truncate(&path, report.valid_len)?;
-        }
-        let info = SegmentInfo {
-            first_seq,
-            path,
-            generation: report.generation,
-            durable_len: report.valid_len,
-            last_seq: report.last_seq,
-            closed: true,
-        };
-        if report.records == 0 || report.last_seq <= acked {
-            retire(dir, &info, &mut spares)?;
-            continue;
-        }
-        previous_seq = report.last_seq;
-        kept.push(info);
-    }
-    segment::sync_dir(dir)?;
-    Ok((kept, spares))
 }

@@ -16,6 +16,7 @@ mod rabbitmq;
 mod rabbitmq_broker;
 mod shared_dedup;
 mod spool;
+mod spool_damage;
 mod validation;
 mod webhook;
 mod websocket;
