@@ -1,5 +1,6 @@
 //! Reads the spool in log order for the relay. It reads only the durable part of each segment
 //! (never bytes a concurrent write has not fsynced yet) and skips what was acknowledged before.
+//! The file reads run on tokio's blocking pool, never on the async workers that serve requests.
 //! Bytes that do not decode are damage: the reader steps over a range recovery already
 //! quarantined, and quarantines a new one the same way (see `scan`), then goes on with the next
 //! valid record instead of giving up on the rest of the segment.
@@ -72,7 +73,10 @@ impl SpoolReader {
     pub async fn next_batch(&mut self, max: usize) -> io::Result<Vec<SpoolRecord>> {
         loop {
             self.durable.borrow_and_update();
-            self.core.lock().fill(max)?;
+            let core = self.core.clone();
+            tokio::task::spawn_blocking(move || core.lock().fill(max))
+                .await
+                .map_err(io::Error::other)??;
             let batch = {
                 let mut core = self.core.lock();
                 let batch = std::mem::take(&mut core.ready);
