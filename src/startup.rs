@@ -60,6 +60,7 @@ impl Application {
                 max_bytes: settings.spool.max_bytes.bytes(),
                 segment_bytes: settings.spool.segment_bytes.bytes(),
                 commit_interval: settings.spool.commit_interval,
+                missing_cursor: settings.spool.missing_cursor,
             };
             let spool = Spool::open(options, metrics.clone()).with_context(|| {
                 format!("cannot open spool.dir {}", settings.spool.dir.display())

@@ -6,6 +6,7 @@
 //! enough spares are kept).
 
 mod cursor;
+mod lock;
 mod quarantine;
 mod reader;
 pub mod record;
@@ -14,7 +15,7 @@ mod scan;
 mod segment;
 mod writer;
 
-use std::fs::{self, File};
+use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -42,13 +43,28 @@ const MAX_SPARES: usize = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
+    #[error(
+        "spool directory {dir} holds notifications up to sequence number {last_seq} but its \
+         cursor {cursor} is missing: starting from the beginning would relay all of them again. \
+         Restore the cursor file, or set spool.missing_cursor = \"start_from_end\" (environment: \
+         DATALOY_GATEWAY__SPOOL__MISSING_CURSOR=start_from_end) to relay only what arrives from \
+         now on"
+    )]
+    MissingCursor {
+        dir: PathBuf,
+        cursor: PathBuf,
+        last_seq: u64,
+    },
     #[error("spool is full")]
     Full,
     #[error("spool I/O failed: {0}")]
     Io(#[from] io::Error),
     #[error("spool is closed")]
     Closed,
-    #[error("spool directory {0} is in use by another gateway process")]
+    #[error(
+        "spool directory {0} is in use by another gateway process (it holds a lock on the \
+         directory); stop that process, or give this one its own spool.dir"
+    )]
     Locked(PathBuf),
 }
 
@@ -60,6 +76,19 @@ pub struct SpoolOptions {
     pub segment_bytes: u64,
     /// Least time between the starts of two group commits under concurrent load.
     pub commit_interval: Duration,
+    pub missing_cursor: MissingCursor,
+}
+
+/// What opening the spool does when a cursor is missing although the spool holds records (the
+/// cursor was deleted: from the beginning would relay them all again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MissingCursor {
+    /// Refuse to start, naming the cursor and this setting.
+    #[default]
+    Refuse,
+    /// Start after the newest record in the spool: what it holds is not relayed (again).
+    StartFromEnd,
 }
 
 /// State shared by the writer thread, the reader and the acknowledging relay.
@@ -85,7 +114,7 @@ pub struct Spool {
     shared: Arc<Shared>,
     commands: mpsc::Sender<Command>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
-    _lock: File,
+    _lock: lock::DirectoryLock,
 }
 
 impl Spool {
@@ -94,13 +123,21 @@ impl Spool {
     /// are retired (kept as spares or deleted).
     pub fn open(options: SpoolOptions, metrics: Metrics) -> Result<Spool, SpoolError> {
         fs::create_dir_all(&options.dir)?;
-        let lock = File::create(options.dir.join("lock"))?;
-        if lock.try_lock().is_err() {
-            return Err(SpoolError::Locked(options.dir.clone()));
-        }
-        let (cursor, acked) = cursor::Cursor::open(&options.dir)?;
-        let found = recovery::scan_all(&options.dir, acked)?;
-        let next_seq = recovery::last_seq(&found).max(acked) + 1;
+        let lock = lock::lock(&options.dir)?;
+        let cursor_path = options.dir.join("cursor");
+        let stored = cursor::Cursor::open(&cursor_path)?;
+        let found = recovery::scan_all(&options.dir, stored.as_ref().map_or(0, |(_, a)| *a))?;
+        let last_seq = recovery::last_seq(&found);
+        let (cursor, acked) = match stored {
+            Some(stored) => stored,
+            None => {
+                let acked = missing_cursor_position(&options, &cursor_path, &found, last_seq)?;
+                let cursor = cursor::Cursor::create(&cursor_path, acked)?;
+                segment::sync_dir(&options.dir)?;
+                (cursor, acked)
+            }
+        };
+        let next_seq = last_seq.max(acked) + 1;
         let (segments, spares) = recovery::apply(&options.dir, found, acked, &metrics)?;
         let disk_bytes = segments.iter().map(|s| s.durable_len).sum();
         let (durable_seq, _) = watch::channel(next_seq - 1);
@@ -253,6 +290,35 @@ impl Shared {
         // No directory fsync: if a crash loses these renames or deletions, recovery finds the
         // files again under their segment names, all acknowledged, and retires them again.
         Ok(())
+    }
+}
+
+/// Where relaying resumes when the cursor at `cursor` is missing: at the start of a spool that
+/// holds no record, else as `spool.missing_cursor` says.
+fn missing_cursor_position(
+    options: &SpoolOptions,
+    cursor: &Path,
+    found: &[recovery::Found],
+    last_seq: u64,
+) -> Result<u64, SpoolError> {
+    if !recovery::holds_records(found) {
+        return Ok(last_seq);
+    }
+    match options.missing_cursor {
+        MissingCursor::Refuse => Err(SpoolError::MissingCursor {
+            dir: options.dir.clone(),
+            cursor: cursor.to_owned(),
+            last_seq,
+        }),
+        MissingCursor::StartFromEnd => {
+            tracing::warn!(
+                cursor = %cursor.display(),
+                last_seq,
+                "spool cursor missing; starting after the newest record (spool.missing_cursor = \
+                 \"start_from_end\"): what the spool holds is not relayed"
+            );
+            Ok(last_seq)
+        }
     }
 }
 

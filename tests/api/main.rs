@@ -17,6 +17,7 @@ mod rabbitmq_broker;
 mod shared_dedup;
 mod spool;
 mod spool_damage;
+mod spool_operator;
 mod spool_reader;
 mod validation;
 mod webhook;

@@ -34,6 +34,7 @@ fn open_pacing(
             max_bytes: 64 << 20,
             segment_bytes,
             commit_interval,
+            missing_cursor: Default::default(),
         },
         metrics.clone(),
     )
@@ -235,6 +236,7 @@ async fn a_full_spool_refuses_and_recovers_when_space_is_freed() {
             max_bytes: 16 * 1024,
             segment_bytes: 4096,
             commit_interval: Duration::ZERO,
+            missing_cursor: Default::default(),
         },
         metrics,
     )
@@ -272,6 +274,7 @@ async fn a_second_gateway_cannot_open_the_same_spool() {
             max_bytes: 64 << 20,
             segment_bytes: 1 << 20,
             commit_interval: Duration::ZERO,
+            missing_cursor: Default::default(),
         },
         metrics,
     );
@@ -331,6 +334,7 @@ async fn a_segment_file_it_cannot_read_stops_start_up_instead_of_being_cut_away(
             max_bytes: 64 << 20,
             segment_bytes: 1 << 20,
             commit_interval: Duration::ZERO,
+            missing_cursor: Default::default(),
         },
         Metrics::new(),
     )

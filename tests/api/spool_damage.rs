@@ -25,6 +25,7 @@ fn open(dir: &Path, segment_bytes: u64, metrics: &Metrics) -> Spool {
             max_bytes: 64 << 20,
             segment_bytes,
             commit_interval: Duration::ZERO,
+            missing_cursor: Default::default(),
         },
         metrics.clone(),
     )

@@ -32,6 +32,7 @@ async fn a_blocked_read_does_not_block_the_runtime() {
             max_bytes: 64 << 20,
             segment_bytes: 1 << 20,
             commit_interval: Duration::ZERO,
+            missing_cursor: Default::default(),
         },
         Metrics::new(),
     )
