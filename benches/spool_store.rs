@@ -64,6 +64,7 @@ async fn segment_log(dir: &Path) -> Figures {
                 commit_interval: Duration::ZERO,
                 missing_cursor: Default::default(),
             },
+            &["relay"],
             metrics.clone(),
         )
         .unwrap(),

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use series::{AcceptedByObjectType, PerSource};
@@ -101,6 +101,8 @@ pub struct Metrics {
     published: IntCounterVec,
     publish_errors: IntCounterVec,
     sink_up: IntGaugeVec,
+    sink_backlog: IntGaugeVec,
+    sink_oldest_age: GaugeVec,
     pub spool_depth: IntGauge,
     pub spool_bytes: IntGauge,
     pub spool_oldest_age: Gauge,
@@ -207,6 +209,29 @@ impl Metrics {
         .expect("valid metric");
         registry
             .register(Box::new(sink_up.clone()))
+            .expect("unique");
+        let sink_backlog = IntGaugeVec::new(
+            Opts::new(
+                "sink_backlog",
+                "Notifications in the spool the sink has not confirmed yet.",
+            ),
+            &["sink"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(sink_backlog.clone()))
+            .expect("unique");
+        let sink_oldest_age = GaugeVec::new(
+            Opts::new(
+                "sink_oldest_age_seconds",
+                "Age of the oldest notification the sink has read from the spool but not \
+                 confirmed (0 with no backlog).",
+            ),
+            &["sink"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(sink_oldest_age.clone()))
             .expect("unique");
 
         let spool_depth = int_gauge(
@@ -324,6 +349,8 @@ impl Metrics {
             published,
             publish_errors,
             sink_up,
+            sink_backlog,
+            sink_oldest_age,
             spool_depth,
             spool_bytes,
             spool_oldest_age,
@@ -378,6 +405,16 @@ impl Metrics {
         self.spool_sync_duration
             .with_label_values(&[operation.as_str()])
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// One sink's spool backlog: records it has not confirmed, and the age of the oldest.
+    pub fn set_sink_backlog(&self, sink: &str, records: u64, oldest_age_seconds: f64) {
+        self.sink_backlog
+            .with_label_values(&[sink])
+            .set(records as i64);
+        self.sink_oldest_age
+            .with_label_values(&[sink])
+            .set(oldest_age_seconds);
     }
 
     /// Damaged spool bytes found (and, with `bytes` > 0, copied to quarantine).

@@ -62,7 +62,8 @@ impl Application {
                 commit_interval: settings.spool.commit_interval,
                 missing_cursor: settings.spool.missing_cursor,
             };
-            let spool = Spool::open(options, metrics.clone()).with_context(|| {
+            let sink_names: Vec<&str> = sinks.iter().map(|s| s.name()).collect();
+            let spool = Spool::open(options, &sink_names, metrics.clone()).with_context(|| {
                 format!("cannot open spool.dir {}", settings.spool.dir.display())
             })?;
             Some(Arc::new(spool))

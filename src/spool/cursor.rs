@@ -1,4 +1,5 @@
-//! The acknowledged-position cursor: the highest sequence number every sink has confirmed.
+//! An acknowledged-position cursor: the highest sequence number a sink has confirmed (one file
+//! per sink, see `progress`).
 //!
 //! It is stored after every relayed batch, so it must be cheap and crash-safe. The file holds two
 //! checksummed slots, a page apart, written in turn and overwritten in place: no new file, no
@@ -44,11 +45,8 @@ impl Cursor {
     /// republish everything still in the spool. A cursor written by an earlier version (the
     /// number as text) is converted.
     pub fn open(path: &Path) -> io::Result<Option<(Cursor, u64)>> {
-        let stored = match fs::read(path) {
-            Ok(bytes) if bytes.len() as u64 == FILE_LEN => read_slots(&bytes)?,
-            Ok(bytes) => read_text(&bytes)?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
+        let Some(stored) = read_stored(path)? else {
+            return Ok(None);
         };
         // The next store goes to the slot not holding the stored position, so that a torn write
         // can only lose what it was writing.
@@ -110,6 +108,22 @@ impl Cursor {
     #[cfg(test)]
     fn has_unsynced(&self) -> bool {
         self.unsynced
+    }
+}
+
+/// The position stored at `path`, read only; `None` when there is no such file.
+pub fn read(path: &Path) -> io::Result<Option<u64>> {
+    Ok(read_stored(path)?.map(|stored| match stored {
+        Stored::Slots { acked, .. } | Stored::Text(acked) => acked,
+    }))
+}
+
+fn read_stored(path: &Path) -> io::Result<Option<Stored>> {
+    match fs::read(path) {
+        Ok(bytes) if bytes.len() as u64 == FILE_LEN => read_slots(&bytes).map(Some),
+        Ok(bytes) => read_text(&bytes).map(Some),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
     }
 }
 

@@ -1,12 +1,14 @@
 //! The spool: a durable, append-only local log that sits between accepting a notification and
 //! relaying it. A notification is answered 200 only once its record is fsynced here, so broker
 //! outages, restarts and crashes lose nothing that was acknowledged. Concurrent appends share one
-//! fsync (group commit); the relay reads records in order and acknowledges them through a cursor;
-//! segments whose records are all acknowledged are recycled as later segments (or deleted when
-//! enough spares are kept).
+//! fsync (group commit). Each sink reads the records in order with its own reader and
+//! acknowledges them through its own cursor (see `progress`); segments every sink has passed are
+//! recycled as later segments (or deleted when enough spares are kept).
 
+mod acknowledge;
 mod cursor;
 mod lock;
+mod progress;
 mod quarantine;
 mod reader;
 pub mod record;
@@ -28,6 +30,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::metrics::{Metrics, SpoolSync};
 use crate::notification::{unix_millis, Notification};
 
+use progress::SinkProgress;
 pub use reader::SpoolReader;
 pub use record::SpoolRecord;
 use segment::SegmentInfo;
@@ -61,6 +64,10 @@ pub enum SpoolError {
     Io(#[from] io::Error),
     #[error("spool is closed")]
     Closed,
+    #[error("the spool keeps no cursor for a sink named `{0}`")]
+    UnknownSink(String),
+    #[error("spool sinks: {0}")]
+    InvalidSinks(String),
     #[error(
         "spool directory {0} is in use by another gateway process (it holds a lock on the \
          directory); stop that process, or give this one its own spool.dir"
@@ -99,17 +106,29 @@ struct Shared {
     /// Relayed segment files waiting to be reused by the writer.
     spares: Mutex<Vec<PathBuf>>,
     disk_bytes: AtomicU64,
+    /// The lowest position among the sinks: every record up to it was confirmed by every sink.
     acked_seq: AtomicU64,
     durable_seq: watch::Sender<u64>,
     /// False after a write or fsync failed, until the next one succeeds.
     write_ok: AtomicBool,
-    /// Receive time of the oldest record the relay has read but not acknowledged.
-    oldest_pending_ms: AtomicU64,
-    cursor: Mutex<cursor::Cursor>,
+    sinks: Vec<SinkProgress>,
     metrics: Metrics,
 }
 
-/// Handle to an open spool. Appends are safe from any task; one relay reads.
+/// One sink's backlog, for metrics and `spool status`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SinkBacklog {
+    pub sink: String,
+    /// Highest sequence number the sink confirmed.
+    pub acked_seq: u64,
+    /// Durable notifications the sink has not confirmed yet.
+    pub records: u64,
+    /// Age of the oldest of them the sink has read (zero when it has none).
+    pub oldest_age: Duration,
+}
+
+/// Handle to an open spool. Appends are safe from any task; each sink's relay reads with its own
+/// reader.
 pub struct Spool {
     shared: Arc<Shared>,
     commands: mpsc::Sender<Command>,
@@ -118,27 +137,36 @@ pub struct Spool {
 }
 
 impl Spool {
-    /// Opens (or creates) the spool in `options.dir`, recovering from a crash: a torn tail is cut
-    /// off, damaged ranges are quarantined and stepped over (see `scan`), fully relayed segments
-    /// are retired (kept as spares or deleted).
-    pub fn open(options: SpoolOptions, metrics: Metrics) -> Result<Spool, SpoolError> {
+    /// Opens (or creates) the spool in `options.dir` for `sinks` (each gets its own cursor; see
+    /// `progress` for where each resumes), recovering from a crash: a torn tail is cut off,
+    /// damaged ranges are quarantined and stepped over (see `scan`), segments every sink has
+    /// relayed are retired (kept as spares or deleted). Nothing is changed on disk when it
+    /// refuses to open.
+    pub fn open(
+        options: SpoolOptions,
+        sinks: &[&str],
+        metrics: Metrics,
+    ) -> Result<Spool, SpoolError> {
+        progress::check_names(sinks)?;
         fs::create_dir_all(&options.dir)?;
         let lock = lock::lock(&options.dir)?;
-        let cursor_path = options.dir.join("cursor");
-        let stored = cursor::Cursor::open(&cursor_path)?;
-        let found = recovery::scan_all(&options.dir, stored.as_ref().map_or(0, |(_, a)| *a))?;
+        let stored = progress::Stored::read(&options.dir, sinks)?;
+        let found = recovery::scan_all(&options.dir, stored.relayed_by_all())?;
         let last_seq = recovery::last_seq(&found);
-        let (cursor, acked) = match stored {
-            Some(stored) => stored,
-            None => {
-                let acked = missing_cursor_position(&options, &cursor_path, &found, last_seq)?;
-                let cursor = cursor::Cursor::create(&cursor_path, acked)?;
-                segment::sync_dir(&options.dir)?;
-                (cursor, acked)
-            }
-        };
-        let next_seq = last_seq.max(acked) + 1;
-        let (segments, spares) = recovery::apply(&options.dir, found, acked, &metrics)?;
+        let settled = stored.settle(
+            options.missing_cursor,
+            last_seq,
+            recovery::holds_records(&found),
+        )?;
+        let relayed_by_all = settled.relayed_by_all();
+        let sinks = settled.persist()?;
+        let next_seq = sinks
+            .iter()
+            .map(|s| s.acked.load(Ordering::Relaxed))
+            .fold(last_seq, u64::max)
+            + 1;
+        let (segments, spares) = recovery::apply(&options.dir, found, relayed_by_all, &metrics)?;
+        warn_of_retired_gaps(&sinks, &segments, next_seq);
         let disk_bytes = segments.iter().map(|s| s.durable_len).sum();
         let (durable_seq, _) = watch::channel(next_seq - 1);
         let shared = Arc::new(Shared {
@@ -147,11 +175,10 @@ impl Spool {
             segments: Mutex::new(segments),
             spares: Mutex::new(spares),
             disk_bytes: AtomicU64::new(disk_bytes),
-            acked_seq: AtomicU64::new(acked),
+            acked_seq: AtomicU64::new(relayed_by_all),
             durable_seq,
             write_ok: AtomicBool::new(true),
-            oldest_pending_ms: AtomicU64::new(0),
-            cursor: Mutex::new(cursor),
+            sinks,
             metrics,
         });
         let writer = Writer::start(
@@ -184,19 +211,36 @@ impl Spool {
         answer.await.map_err(|_| SpoolError::Closed)?
     }
 
-    /// A reader positioned after the acknowledged cursor. The relay owns the only one.
-    pub fn reader(&self) -> SpoolReader {
-        SpoolReader::new(self.shared.clone())
+    /// A reader of the records `sink` has not acknowledged yet, in order. One per sink.
+    pub fn reader_for(&self, sink: &str) -> Result<SpoolReader, SpoolError> {
+        let index = self.sink_index(sink)?;
+        Ok(SpoolReader::new(self.shared.clone(), Some(index)))
     }
 
-    /// Records that every sink confirmed all records up to `seq`: stores the cursor (durable
-    /// within `cursor::SYNC_INTERVAL`, and before any segment goes) and retires segments that
-    /// hold nothing newer.
+    /// Records that `sink` confirmed every record up to `seq`: stores its cursor (durable within
+    /// `cursor::SYNC_INTERVAL`, and before any segment goes) and retires the segments every sink
+    /// has passed.
+    pub async fn acknowledge_for(&self, sink: &str, seq: u64) -> Result<(), SpoolError> {
+        let index = self.sink_index(sink)?;
+        self.acknowledge_sinks(Some(index), seq).await
+    }
+
+    /// A reader of the records not every sink has acknowledged, for a relay that delivers each
+    /// batch to every sink before it acknowledges it with [`Spool::acknowledge`].
+    pub fn reader(&self) -> SpoolReader {
+        SpoolReader::new(self.shared.clone(), None)
+    }
+
+    /// Records that every sink confirmed all records up to `seq` (see [`Spool::acknowledge_for`]).
     pub async fn acknowledge(&self, seq: u64) -> Result<(), SpoolError> {
+        self.acknowledge_sinks(None, seq).await
+    }
+
+    async fn acknowledge_sinks(&self, sink: Option<usize>, seq: u64) -> Result<(), SpoolError> {
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
             let started = Instant::now();
-            let outcome = shared.acknowledge(seq);
+            let outcome = shared.acknowledge(sink, seq);
             shared
                 .metrics
                 .spool_synced(SpoolSync::Acknowledge, started.elapsed());
@@ -205,6 +249,40 @@ impl Spool {
         .await
         .map_err(|e| SpoolError::Io(io::Error::other(e)))??;
         Ok(())
+    }
+
+    fn sink_index(&self, sink: &str) -> Result<usize, SpoolError> {
+        self.shared
+            .sinks
+            .iter()
+            .position(|s| s.name == sink)
+            .ok_or_else(|| SpoolError::UnknownSink(sink.to_owned()))
+    }
+
+    /// Each sink's backlog, in the order the sinks were given to [`Spool::open`].
+    pub fn sink_backlogs(&self) -> Vec<SinkBacklog> {
+        let durable = *self.shared.durable_seq.borrow();
+        let now = unix_millis();
+        self.shared
+            .sinks
+            .iter()
+            .map(|sink| {
+                let acked_seq = sink.acked.load(Ordering::Relaxed);
+                let records = durable.saturating_sub(acked_seq);
+                let oldest = sink.oldest_pending_ms.load(Ordering::Relaxed);
+                let oldest_age = if records == 0 || oldest == 0 {
+                    Duration::ZERO
+                } else {
+                    Duration::from_millis(now.saturating_sub(oldest))
+                };
+                SinkBacklog {
+                    sink: sink.name.clone(),
+                    acked_seq,
+                    records,
+                    oldest_age,
+                }
+            })
+            .collect()
     }
 
     /// Whether a new notification can be appended now: the last write succeeded and there is
@@ -216,27 +294,31 @@ impl Spool {
             && !self.commands.is_closed()
     }
 
-    /// Notifications appended but not yet acknowledged.
+    /// Notifications appended but not yet acknowledged by every sink.
     pub fn depth(&self) -> u64 {
         let durable = *self.shared.durable_seq.borrow();
         durable.saturating_sub(self.shared.acked_seq.load(Ordering::Relaxed))
     }
 
-    /// Updates the spool gauges; called before metrics are rendered.
+    /// Updates the spool and per-sink gauges; called before metrics are rendered.
     pub fn refresh_metrics(&self) {
         let metrics = &self.shared.metrics;
-        let depth = self.depth();
-        metrics.spool_depth.set(depth as i64);
+        metrics.spool_depth.set(self.depth() as i64);
         metrics
             .spool_bytes
             .set(self.shared.disk_bytes.load(Ordering::Relaxed) as i64);
-        let oldest = self.shared.oldest_pending_ms.load(Ordering::Relaxed);
-        let age_ms = if depth == 0 || oldest == 0 {
-            0
-        } else {
-            unix_millis().saturating_sub(oldest)
-        };
-        metrics.spool_oldest_age.set(age_ms as f64 / 1000.0);
+        let backlogs = self.sink_backlogs();
+        let oldest = backlogs.iter().map(|b| b.oldest_age).max();
+        metrics
+            .spool_oldest_age
+            .set(oldest.unwrap_or_default().as_secs_f64());
+        for backlog in &backlogs {
+            metrics.set_sink_backlog(
+                &backlog.sink,
+                backlog.records,
+                backlog.oldest_age.as_secs_f64(),
+            );
+        }
     }
 
     /// Stops the writer after the appends already queued; later appends fail with `Closed`.
@@ -247,77 +329,33 @@ impl Spool {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
         let shared = self.shared.clone();
-        let synced = tokio::task::spawn_blocking(move || shared.cursor.lock().sync()).await;
+        let synced = tokio::task::spawn_blocking(move || {
+            shared
+                .sinks
+                .iter()
+                .try_for_each(|sink| sink.cursor.lock().sync())
+        })
+        .await;
         if let Ok(Err(e)) = synced {
-            tracing::warn!(error = %e, "cannot make the spool cursor durable at shutdown; a machine crash now would relay the last batches again");
+            tracing::warn!(error = %e, "cannot make the spool cursors durable at shutdown; a machine crash now would relay the last batches again");
         }
     }
 }
 
-impl Shared {
-    fn acknowledge(&self, seq: u64) -> io::Result<()> {
-        let mut cursor = self.cursor.lock();
-        if seq <= self.acked_seq.load(Ordering::Relaxed) {
-            return Ok(());
-        }
-        cursor.store(seq, false)?;
-        let finished: Vec<SegmentInfo> = {
-            let mut segments = self.segments.lock();
-            let (done, keep) = segments
-                .drain(..)
-                .partition(|s| s.closed && !s.pinned && s.last_seq <= seq);
-            *segments = keep;
-            done
-        };
-        // A segment is deleted or reused only once the cursor past it is durable.
-        if !finished.is_empty() {
-            if let Err(e) = cursor.sync() {
-                self.segments.lock().splice(0..0, finished);
-                return Err(e);
-            }
-        }
-        self.acked_seq.store(seq, Ordering::Relaxed);
-        for segment in &finished {
-            self.disk_bytes
-                .fetch_sub(segment.durable_len, Ordering::Relaxed);
-            // The cursor is stored, so this is housekeeping: a file left behind is retired by
-            // the next recovery, and the other finished segments are still retired now.
-            let mut spares = self.spares.lock();
-            if let Err(e) = retire(&self.dir, &segment.path, segment.first_seq, &mut spares) {
-                tracing::warn!(segment = %segment.path.display(), error = %e, "cannot retire a relayed spool segment; recovery will");
-            }
-        }
-        // No directory fsync: if a crash loses these renames or deletions, recovery finds the
-        // files again under their segment names, all acknowledged, and retires them again.
-        Ok(())
-    }
-}
-
-/// Where relaying resumes when the cursor at `cursor` is missing: at the start of a spool that
-/// holds no record, else as `spool.missing_cursor` says.
-fn missing_cursor_position(
-    options: &SpoolOptions,
-    cursor: &Path,
-    found: &[recovery::Found],
-    last_seq: u64,
-) -> Result<u64, SpoolError> {
-    if !recovery::holds_records(found) {
-        return Ok(last_seq);
-    }
-    match options.missing_cursor {
-        MissingCursor::Refuse => Err(SpoolError::MissingCursor {
-            dir: options.dir.clone(),
-            cursor: cursor.to_owned(),
-            last_seq,
-        }),
-        MissingCursor::StartFromEnd => {
+/// A sink whose cursor is behind the oldest record the spool holds was not configured while
+/// those records were relayed to the others and retired: it resumes with the oldest held.
+fn warn_of_retired_gaps(sinks: &[SinkProgress], segments: &[SegmentInfo], next_seq: u64) {
+    let oldest_held = segments.first().map_or(next_seq, |s| s.first_seq);
+    for sink in sinks {
+        let acked = sink.acked.load(Ordering::Relaxed);
+        if acked + 1 < oldest_held {
             tracing::warn!(
-                cursor = %cursor.display(),
-                last_seq,
-                "spool cursor missing; starting after the newest record (spool.missing_cursor = \
-                 \"start_from_end\"): what the spool holds is not relayed"
+                sink = sink.name,
+                cursor = acked,
+                oldest_held,
+                "records after this sink's cursor were retired while it was not configured; it \
+                 resumes with the oldest record the spool holds"
             );
-            Ok(last_seq)
         }
     }
 }

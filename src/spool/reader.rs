@@ -1,5 +1,6 @@
-//! Reads the spool in log order for the relay. It reads only the durable part of each segment
-//! (never bytes a concurrent write has not fsynced yet) and skips what was acknowledged before.
+//! Reads the spool in log order for one sink (or for all of them at once). It reads only the
+//! durable part of each segment (never bytes a concurrent write has not fsynced yet) and skips
+//! what its sink acknowledged before.
 //! The file reads run on tokio's blocking pool, never on the async workers that serve requests.
 //! Bytes that do not decode are damage: the reader steps over a range recovery already
 //! quarantined, and quarantines a new one the same way (see `scan`), then goes on with the next
@@ -31,6 +32,8 @@ pub struct SpoolReader {
 
 struct ReaderCore {
     shared: Arc<Shared>,
+    /// The sink whose acknowledgements count (its index in `Shared::sinks`); `None` for all.
+    sink: Option<usize>,
     /// First sequence number of the segment being read (its name).
     segment_first_seq: u64,
     /// Generation of the segment being read; its records carry it.
@@ -47,18 +50,18 @@ struct ReaderCore {
 }
 
 impl SpoolReader {
-    pub(super) fn new(shared: Arc<Shared>) -> Self {
+    pub(super) fn new(shared: Arc<Shared>, sink: Option<usize>) -> Self {
         let durable = shared.durable_seq.subscribe();
         let segment_first_seq = shared.segments.lock().first().map_or(0, |s| s.first_seq);
-        let last_seq = shared.acked_seq.load(Ordering::Relaxed);
         let core = ReaderCore {
+            last_seq: acked(&shared, sink),
             shared,
+            sink,
             segment_first_seq,
             generation: 0,
             file: None,
             offset: HEADER_LEN,
             segment_previous: segment_first_seq.saturating_sub(1),
-            last_seq,
             chunk: Vec::new(),
             ready: Vec::new(),
         };
@@ -81,9 +84,14 @@ impl SpoolReader {
                 let mut core = self.core.lock();
                 let batch = std::mem::take(&mut core.ready);
                 if let Some(first) = batch.first() {
-                    core.shared
-                        .oldest_pending_ms
-                        .store(first.notification.received_at_ms, Ordering::Relaxed);
+                    let sinks = match core.sink {
+                        Some(index) => &core.shared.sinks[index..=index],
+                        None => &core.shared.sinks[..],
+                    };
+                    for sink in sinks {
+                        sink.oldest_pending_ms
+                            .store(first.notification.received_at_ms, Ordering::Relaxed);
+                    }
                 }
                 batch
             };
@@ -161,7 +169,7 @@ impl ReaderCore {
                     Ok((rec, len)) if rec.seq > self.segment_previous => {
                         used += len;
                         self.segment_previous = rec.seq;
-                        let acked = self.shared.acked_seq.load(Ordering::Relaxed);
+                        let acked = acked(&self.shared, self.sink);
                         if rec.seq > self.last_seq && rec.seq > acked {
                             self.last_seq = rec.seq;
                             out.push(rec);
@@ -290,6 +298,14 @@ impl ReaderCore {
             last_seq: segment.last_seq,
             next_first_seq: segments.get(index + 1).map(|s| s.first_seq),
         })
+    }
+}
+
+/// Highest sequence number `sink` (every sink, when `None`) acknowledged.
+fn acked(shared: &Shared, sink: Option<usize>) -> u64 {
+    match sink {
+        Some(index) => shared.sinks[index].acked.load(Ordering::Relaxed),
+        None => shared.acked_seq.load(Ordering::Relaxed),
     }
 }
 

@@ -18,6 +18,7 @@ mod shared_dedup;
 mod spool;
 mod spool_damage;
 mod spool_operator;
+mod spool_progress;
 mod spool_reader;
 mod validation;
 mod webhook;

@@ -36,6 +36,7 @@ fn open_pacing(
             commit_interval,
             missing_cursor: Default::default(),
         },
+        &["relay"],
         metrics.clone(),
     )
     .unwrap()
@@ -238,6 +239,7 @@ async fn a_full_spool_refuses_and_recovers_when_space_is_freed() {
             commit_interval: Duration::ZERO,
             missing_cursor: Default::default(),
         },
+        &["relay"],
         metrics,
     )
     .unwrap();
@@ -276,6 +278,7 @@ async fn a_second_gateway_cannot_open_the_same_spool() {
             commit_interval: Duration::ZERO,
             missing_cursor: Default::default(),
         },
+        &["relay"],
         metrics,
     );
 
@@ -336,6 +339,7 @@ async fn a_segment_file_it_cannot_read_stops_start_up_instead_of_being_cut_away(
             commit_interval: Duration::ZERO,
             missing_cursor: Default::default(),
         },
+        &["relay"],
         Metrics::new(),
     )
     .err()

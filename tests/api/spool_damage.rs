@@ -27,6 +27,7 @@ fn open(dir: &Path, segment_bytes: u64, metrics: &Metrics) -> Spool {
             commit_interval: Duration::ZERO,
             missing_cursor: Default::default(),
         },
+        &["relay"],
         metrics.clone(),
     )
     .unwrap()

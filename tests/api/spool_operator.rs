@@ -31,6 +31,7 @@ fn open(dir: &Path, missing_cursor: MissingCursor) -> Result<Spool, SpoolError> 
             commit_interval: Duration::ZERO,
             missing_cursor,
         },
+        &["relay"],
         Metrics::new(),
     )
 }

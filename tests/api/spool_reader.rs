@@ -34,6 +34,7 @@ async fn a_blocked_read_does_not_block_the_runtime() {
             commit_interval: Duration::ZERO,
             missing_cursor: Default::default(),
         },
+        &["relay"],
         Metrics::new(),
     )
     .unwrap();
