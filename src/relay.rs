@@ -1,6 +1,8 @@
-//! The relay: reads the spool in order and hands each batch to every sink, retrying a failing
-//! sink with capped exponential backoff, and advances the spool cursor only once every sink
-//! confirmed the batch. After a restart it resumes from the cursor.
+//! The relay: one runner per sink (see `progress`) reads the spool in order and hands each batch
+//! to its sink, retrying a failing sink with capped exponential backoff, and advances that sink's
+//! cursor once the sink confirmed the batch. After a restart each sink resumes from its cursor.
+
+mod progress;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,41 +39,16 @@ impl Relay {
 
     /// Relays until `shutdown` turns true. A batch being retried when shutdown comes stays in
     /// the spool and is relayed after the next start.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let mut reader = self.spool.reader();
-        loop {
-            let batch = tokio::select! {
-                batch = reader.next_batch(self.settings.batch_max_records) => batch,
-                _ = shutdown.wait_for(|stop| *stop) => return,
-            };
-            let batch = match batch {
-                Ok(batch) => batch,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot read the spool; retrying");
-                    if sleep_or_shutdown(self.settings.retry_max_backoff, &mut shutdown).await {
-                        return;
-                    }
-                    continue;
-                }
-            };
-            let last_seq = batch
-                .last()
-                .map(|r| r.seq)
-                .expect("batches are never empty");
-            let notifications: Vec<Notification> =
-                batch.into_iter().map(|r| r.notification).collect();
-            let deliveries = self
-                .sinks
-                .iter()
-                .map(|sink| self.deliver(sink.as_ref(), &notifications, shutdown.clone()));
-            let delivered = futures::future::join_all(deliveries).await;
-            if !delivered.into_iter().all(|done| done) {
-                return; // shutdown while a sink was failing
-            }
-            if !self.acknowledge(last_seq, &mut shutdown).await {
-                return;
-            }
-        }
+    pub async fn run(self, shutdown: watch::Receiver<bool>) {
+        let relay = &self;
+        progress::run_per_sink(
+            &self.spool,
+            &self.sinks,
+            &self.settings,
+            shutdown,
+            move |sink, batch, shutdown| async move { relay.deliver(sink, &batch, shutdown).await },
+        )
+        .await;
     }
 
     /// Publishes the batch to one sink until it is confirmed; false if shutdown came first.
@@ -109,21 +86,6 @@ impl Relay {
                         return false;
                     }
                     backoff = (backoff * 2).min(self.settings.retry_max_backoff);
-                }
-            }
-        }
-    }
-
-    /// Stores the cursor, retrying on I/O errors; false if shutdown came first.
-    async fn acknowledge(&self, seq: u64, shutdown: &mut watch::Receiver<bool>) -> bool {
-        loop {
-            match self.spool.acknowledge(seq).await {
-                Ok(()) => return true,
-                Err(e) => {
-                    tracing::error!(error = %e, seq, "cannot store the spool cursor; retrying");
-                    if sleep_or_shutdown(self.settings.retry_max_backoff, shutdown).await {
-                        return false;
-                    }
                 }
             }
         }

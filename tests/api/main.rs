@@ -14,6 +14,7 @@ mod kafka_broker;
 mod kafka_publish;
 mod rabbitmq;
 mod rabbitmq_broker;
+mod relay_per_sink;
 mod shared_dedup;
 mod spool;
 mod spool_damage;
