@@ -95,9 +95,14 @@ impl Stored {
         check_names(sinks)?;
         let mut configured = Vec::with_capacity(sinks.len());
         for sink in sinks {
-            configured.push((sink.to_string(), Cursor::open(&cursor_path(dir, sink))?));
+            let path = cursor_path(dir, sink);
+            configured.push((
+                sink.to_string(),
+                Cursor::open(&path).map_err(naming(&path))?,
+            ));
         }
-        let legacy = cursor::read(&dir.join(LEGACY_CURSOR))?;
+        let legacy_path = dir.join(LEGACY_CURSOR);
+        let legacy = cursor::read(&legacy_path).map_err(naming(&legacy_path))?;
         let mut others = Vec::new();
         for entry in fs::read_dir(dir)? {
             let path = entry?.path();
@@ -290,6 +295,11 @@ impl Settled {
         }
         Ok(progress)
     }
+}
+
+/// Puts the file's path in front of an error about it.
+fn naming(path: &Path) -> impl Fn(io::Error) -> io::Error + '_ {
+    move |e| io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
 
 fn log_start(sink: &str, start: &Start) {

@@ -94,13 +94,18 @@ pub fn apply(
     for Found {
         first_seq,
         path,
+        expected_last_seq,
         report,
-        ..
     } in found
     {
-        let Some(report) = report else {
-            retire(dir, &path, first_seq, &mut spares)?;
-            continue;
+        let report = match report {
+            Some(report) => report,
+            None if expected_last_seq.is_some_and(|last| last <= relayed_by_all) => {
+                retire(dir, &path, first_seq, &mut spares)?;
+                continue;
+            }
+            // Not scanned on the assumption that every sink had relayed it, which did not hold.
+            None => scan::scan(&path, first_seq, expected_last_seq)?,
         };
         let mut pinned = false;
         if !report.damaged.is_empty() {

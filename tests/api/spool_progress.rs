@@ -354,3 +354,24 @@ async fn sink_names_are_checked() {
         Err(SpoolError::UnknownSink(_))
     ));
 }
+
+#[tokio::test]
+async fn a_damaged_cursor_is_refused_naming_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = open(dir.path(), &["file", "kafka"]);
+    append(&spool, "d", 2).await;
+    close(spool).await;
+    let path = dir.path().join("cursor.kafka");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[0] ^= 0xff; // both slots
+    bytes[4096] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+
+    let error = try_open(dir.path(), &["file", "kafka"], Options::default())
+        .err()
+        .expect("refused")
+        .to_string();
+
+    assert!(error.contains("cursor.kafka"), "{error}");
+    assert!(error.contains("damaged"), "{error}");
+}
