@@ -2,7 +2,7 @@
 //! copied, fsynced, into `<spool>/quarantine/<segment>-<generation>-<offset>.bin`, logged as an
 //! error naming the segment, offset and length, and counted
 //! (`dataloy_gateway_spool_quarantined_bytes_total`, `…_records_total`). Only then do readers
-//! step over it. The file name is unique to one use of a segment file, so the damage found again
+//! step over it. A torn tail is copied there too before it is cut off (reported as a torn tail). The file name is unique to one use of a segment file, so the damage found again
 //! after a restart lands in the same file and is not counted twice. An operator can inspect the
 //! bytes (a record that lost a byte still holds its body almost intact) and delete the files.
 
@@ -72,6 +72,44 @@ pub fn quarantine(
             false
         }
     }
+}
+
+/// Copies the torn record at the end of the newest segment out before recovery cuts it off, and
+/// reports it as a torn tail (a warning, `dataloy_gateway_spool_recovery_dropped_bytes_total`):
+/// normally a write a crash interrupted, never answered; but a record damaged at the very end
+/// looks the same, so its bytes are kept too. Returns false when the copy failed: the caller
+/// must then leave the bytes where they are.
+pub fn keep_torn_tail(
+    segment: &DamagedSegment<'_>,
+    source: &(impl ReadAt + ?Sized),
+    tail: &Damage,
+    metrics: &Metrics,
+) -> bool {
+    let path = quarantine_path(segment, tail.offset);
+    let kept = keep(segment.dir, &path, source, tail);
+    if let Err(e) = &kept {
+        tracing::warn!(
+            segment = %segment.path.display(),
+            offset = tail.offset,
+            length = tail.len,
+            error = %e,
+            "spool segment ends in a torn record; it cannot be copied to quarantine, so it is \
+             left in place (never read)"
+        );
+        return false;
+    }
+    tracing::warn!(
+        segment = %segment.path.display(),
+        offset = tail.offset,
+        length = tail.len,
+        quarantine = %path.display(),
+        "spool segment ends in a torn record (a write a crash interrupted, never answered); \
+         cutting it off, a copy kept in quarantine"
+    );
+    if matches!(kept, Ok(Kept::New)) {
+        metrics.spool_recovered_bytes_dropped.inc_by(tail.len);
+    }
+    true
 }
 
 pub fn quarantine_dir(spool_dir: &Path) -> PathBuf {

@@ -9,7 +9,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::quarantine::{self, DamagedSegment};
-use super::scan::{self, ScanReport};
+use super::scan::{self, Damage, ScanReport};
 use super::segment::{self, SegmentInfo};
 use super::{retire, MAX_SPARES};
 use crate::metrics::Metrics;
@@ -108,29 +108,24 @@ pub fn apply(
             None => scan::scan(&path, first_seq, expected_last_seq)?,
         };
         let mut pinned = false;
-        if !report.damaged.is_empty() {
-            let file = File::open(&path)?;
-            let damaged = DamagedSegment {
-                dir,
-                path: &path,
-                generation: report.generation,
-            };
-            for damage in &report.damaged {
-                pinned |= !quarantine::quarantine(&damaged, &file, damage, metrics);
-            }
+        let file = File::open(&path)?;
+        let damaged = DamagedSegment {
+            dir,
+            path: &path,
+            generation: report.generation,
+        };
+        for damage in &report.damaged {
+            pinned |= !quarantine::quarantine(&damaged, &file, damage, metrics);
         }
         if report.torn_tail > 0 {
-            tracing::warn!(
-                segment = %path.display(),
-                offset = report.valid_len,
-                length = report.torn_tail,
-                "spool segment ends in a torn record (a write a crash interrupted, never \
-                 answered); cutting it off"
-            );
-            metrics
-                .spool_recovered_bytes_dropped
-                .inc_by(report.torn_tail);
-            segment::truncate(&path, report.valid_len)?;
+            let tail = Damage {
+                offset: report.valid_len,
+                len: report.torn_tail,
+                missing_records: 0,
+            };
+            if quarantine::keep_torn_tail(&damaged, &file, &tail, metrics) {
+                segment::truncate(&path, report.valid_len)?;
+            }
         }
         let relayed = report.records == 0 || report.last_seq <= relayed_by_all;
         if relayed && !pinned {

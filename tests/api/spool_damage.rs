@@ -269,3 +269,38 @@ async fn the_stale_tail_of_a_recycled_segment_is_not_damage_after_a_clean_restar
     assert!(quarantined(dir.path()).is_empty());
     assert!(std::fs::read(&reused).unwrap() == before, "not cut");
 }
+
+#[tokio::test]
+async fn a_torn_tail_is_cut_off_and_counted_but_its_bytes_are_kept() {
+    // Arrange: a crash mid-write left the start of a record after the last complete one.
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Metrics::new();
+    let spool = open(dir.path(), 1 << 20, &metrics);
+    let starts = append_all(&spool, dir.path(), &ids("t", 2)).await;
+    spool.close().await;
+    drop(spool);
+    let segment = starts[0].0.clone();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let whole = bytes.len();
+    let torn = bytes[starts[1].1 as usize..starts[1].1 as usize + 300].to_vec();
+    // Same generation, the next sequence number: it starts like the record that was torn.
+    let mut next = torn.clone();
+    next[8..16].copy_from_slice(&3u64.to_le_bytes());
+    bytes.extend_from_slice(&next);
+    std::fs::write(&segment, &bytes).unwrap();
+
+    // Act
+    let reopened = open(dir.path(), 1 << 20, &metrics);
+
+    // Assert: a torn tail, not damage; cut off, yet kept.
+    assert_eq!(read_ids(&reopened), ["t-0", "t-1"]);
+    assert_eq!(std::fs::metadata(&segment).unwrap().len() as usize, whole);
+    assert_eq!(
+        counter(&metrics, "spool_recovery_dropped_bytes_total"),
+        300.0
+    );
+    assert_eq!(counter(&metrics, "spool_quarantined_bytes_total"), 0.0);
+    let kept = quarantined(dir.path());
+    assert_eq!(kept.len(), 1);
+    assert!(std::fs::read(&kept[0]).unwrap() == next);
+}
