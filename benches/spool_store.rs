@@ -62,7 +62,9 @@ async fn segment_log(dir: &Path) -> Figures {
                 max_bytes: 4 << 30,
                 segment_bytes: 64 << 20,
                 commit_interval: Duration::ZERO,
+                missing_cursor: Default::default(),
             },
+            &["relay"],
             metrics.clone(),
         )
         .unwrap(),

@@ -294,6 +294,9 @@ pub struct SpoolSettings {
     /// off (every group is written as soon as the previous fsync ends).
     #[serde(with = "humantime_serde")]
     pub commit_interval: Duration,
+    /// When a cursor is missing beside records in the spool: `refuse` to start, or
+    /// `start_from_end` (relay only what arrives from now on).
+    pub missing_cursor: crate::spool::MissingCursor,
 }
 
 impl Default for SpoolSettings {
@@ -304,6 +307,7 @@ impl Default for SpoolSettings {
             max_bytes: ByteSize(1024 * 1024 * 1024),
             segment_bytes: ByteSize(64 * 1024 * 1024),
             commit_interval: Duration::from_micros(250),
+            missing_cursor: Default::default(),
         }
     }
 }

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use series::{AcceptedByObjectType, PerSource};
@@ -102,12 +102,16 @@ pub struct Metrics {
     published: IntCounterVec,
     publish_errors: IntCounterVec,
     sink_up: IntGaugeVec,
+    sink_backlog: IntGaugeVec,
+    sink_oldest_age: GaugeVec,
     pub spool_depth: IntGauge,
     pub spool_bytes: IntGauge,
     pub spool_oldest_age: Gauge,
     pub spool_appends: IntCounter,
     pub spool_fsyncs: IntCounter,
     pub spool_recovered_bytes_dropped: IntCounter,
+    spool_quarantined_bytes: IntCounter,
+    spool_quarantined_records: IntCounter,
     spool_sync_duration: HistogramVec,
     pub dedup_entries: IntGauge,
     dedup_claims: IntCounterVec,
@@ -208,6 +212,29 @@ impl Metrics {
         registry
             .register(Box::new(sink_up.clone()))
             .expect("unique");
+        let sink_backlog = IntGaugeVec::new(
+            Opts::new(
+                "sink_backlog",
+                "Notifications in the spool the sink has not confirmed yet.",
+            ),
+            &["sink"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(sink_backlog.clone()))
+            .expect("unique");
+        let sink_oldest_age = GaugeVec::new(
+            Opts::new(
+                "sink_oldest_age_seconds",
+                "Age of the oldest notification the sink has read from the spool but not \
+                 confirmed (0 with no backlog).",
+            ),
+            &["sink"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(sink_oldest_age.clone()))
+            .expect("unique");
 
         let spool_depth = int_gauge(
             "spool_depth_records",
@@ -229,7 +256,17 @@ impl Metrics {
         );
         let spool_recovered_bytes_dropped = counter(
             "spool_recovery_dropped_bytes_total",
-            "Bytes of torn or corrupt spool records dropped during recovery.",
+            "Bytes of a torn record (a write a crash interrupted) cut off the newest spool segment \
+             during recovery.",
+        );
+        let spool_quarantined_bytes = counter(
+            "spool_quarantined_bytes_total",
+            "Bytes of damaged spool segments copied to quarantine (never relayed, never deleted).",
+        );
+        let spool_quarantined_records = counter(
+            "spool_quarantined_records_total",
+            "Records that could not be read from damaged spool segments (estimated from the \
+             sequence numbers missing around the damage).",
         );
         let spool_sync_duration = histogram(
             "spool_sync_duration_seconds",
@@ -313,12 +350,16 @@ impl Metrics {
             published,
             publish_errors,
             sink_up,
+            sink_backlog,
+            sink_oldest_age,
             spool_depth,
             spool_bytes,
             spool_oldest_age,
             spool_appends,
             spool_fsyncs,
             spool_recovered_bytes_dropped,
+            spool_quarantined_bytes,
+            spool_quarantined_records,
             spool_sync_duration,
             dedup_entries,
             dedup_claims,
@@ -367,6 +408,22 @@ impl Metrics {
         self.spool_sync_duration
             .with_label_values(&[operation.as_str()])
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// One sink's spool backlog: records it has not confirmed, and the age of the oldest.
+    pub fn set_sink_backlog(&self, sink: &str, records: u64, oldest_age_seconds: f64) {
+        self.sink_backlog
+            .with_label_values(&[sink])
+            .set(records as i64);
+        self.sink_oldest_age
+            .with_label_values(&[sink])
+            .set(oldest_age_seconds);
+    }
+
+    /// Damaged spool bytes found (and, with `bytes` > 0, copied to quarantine).
+    pub fn spool_quarantined(&self, bytes: u64, records: u64) {
+        self.spool_quarantined_bytes.inc_by(bytes);
+        self.spool_quarantined_records.inc_by(records);
     }
 
     pub fn sink_published(&self, sink: &str, count: usize, elapsed: Duration) {

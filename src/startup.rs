@@ -69,8 +69,10 @@ impl Application {
                 max_bytes: settings.spool.max_bytes.bytes(),
                 segment_bytes: settings.spool.segment_bytes.bytes(),
                 commit_interval: settings.spool.commit_interval,
+                missing_cursor: settings.spool.missing_cursor,
             };
-            let spool = Spool::open(options, metrics.clone()).with_context(|| {
+            let sink_names: Vec<&str> = sinks.iter().map(|s| s.name()).collect();
+            let spool = Spool::open(options, &sink_names, metrics.clone()).with_context(|| {
                 format!("cannot open spool.dir {}", settings.spool.dir.display())
             })?;
             Some(Arc::new(spool))

@@ -1,5 +1,6 @@
-//! The relay: reads the spool in order and hands each batch to every sink, and advances the
-//! spool cursor only once every sink has dealt with the batch. A sink deals with a notification
+//! The relay: one runner per sink (see `progress`) reads the spool in order, hands each batch to
+//! its sink, and advances that sink's cursor once the sink has dealt with the batch (a sink that
+//! is down never holds another back). A sink deals with a notification
 //! by confirming it, or — when it refused it for good — by the relay storing it in dead letters
 //! (durably, before moving past it): one bad notification never stops the stream. Transient
 //! failures are retried with capped exponential backoff, in order. After a restart it resumes
@@ -11,6 +12,7 @@
 //! cursor. Both are logged and counted (`dataloy_gateway_relay_panics_total`).
 
 mod delivery;
+mod progress;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -21,7 +23,6 @@ use tokio::sync::watch;
 use crate::config::RelaySettings;
 use crate::dead_letter::DeadLetterStore;
 use crate::metrics::Metrics;
-use crate::notification::Notification;
 use crate::sink::Sink;
 use crate::spool::Spool;
 
@@ -87,62 +88,25 @@ impl Relay {
         }
     }
 
-    async fn relay_until_stopped(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        let mut reader = self.spool.reader();
-        loop {
-            let batch = tokio::select! {
-                batch = reader.next_batch(self.settings.batch_max_records) => batch,
-                _ = shutdown.wait_for(|stop| *stop) => return,
-            };
-            let batch = match batch {
-                Ok(batch) => batch,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot read the spool; retrying");
-                    if sleep_or_shutdown(self.settings.retry_max_backoff, &mut shutdown).await {
-                        return;
-                    }
-                    continue;
+    async fn relay_until_stopped(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
+        let relay = &self;
+        progress::run_per_sink(
+            &self.spool,
+            &self.sinks,
+            &self.settings,
+            shutdown,
+            move |sink, batch, shutdown| async move {
+                delivery::Delivery {
+                    sink,
+                    settings: &relay.settings,
+                    metrics: &relay.metrics,
+                    dead_letters: &relay.dead_letters,
                 }
-            };
-            let Some(last_seq) = batch.last().map(|r| r.seq) else {
-                continue;
-            };
-            let notifications: Vec<Notification> =
-                batch.into_iter().map(|r| r.notification).collect();
-            let deliveries = self.sinks.iter().map(|sink| {
-                let delivery = delivery::Delivery {
-                    sink: sink.as_ref(),
-                    settings: &self.settings,
-                    metrics: &self.metrics,
-                    dead_letters: &self.dead_letters,
-                };
-                let notifications = &notifications;
-                let shutdown = shutdown.clone();
-                async move { delivery.deliver(notifications, shutdown).await }
-            });
-            let delivered = futures::future::join_all(deliveries).await;
-            if !delivered.into_iter().all(|done| done) {
-                return; // shutdown while a sink was failing
-            }
-            if !self.acknowledge(last_seq, &mut shutdown).await {
-                return;
-            }
-        }
-    }
-
-    /// Stores the cursor, retrying on I/O errors; false if shutdown came first.
-    async fn acknowledge(&self, seq: u64, shutdown: &mut watch::Receiver<bool>) -> bool {
-        loop {
-            match self.spool.acknowledge(seq).await {
-                Ok(()) => return true,
-                Err(e) => {
-                    tracing::error!(error = %e, seq, "cannot store the spool cursor; retrying");
-                    if sleep_or_shutdown(self.settings.retry_max_backoff, shutdown).await {
-                        return false;
-                    }
-                }
-            }
-        }
+                .deliver(&batch, shutdown)
+                .await
+            },
+        )
+        .await;
     }
 }
 

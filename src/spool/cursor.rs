@@ -1,4 +1,5 @@
-//! The acknowledged-position cursor: the highest sequence number every sink has confirmed.
+//! An acknowledged-position cursor: the highest sequence number a sink has confirmed (one file
+//! per sink, see `progress`).
 //!
 //! It is stored after every relayed batch, so it must be cheap and crash-safe. The file holds two
 //! checksummed slots, a page apart, written in turn and overwritten in place: no new file, no
@@ -17,12 +18,11 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::segment::sync_dir;
 
-const FILE_NAME: &str = "cursor";
 /// Slots are a page apart, so writing one never rewrites the sector of the other.
 const SLOT_STRIDE: u64 = 4096;
 const FILE_LEN: u64 = 2 * SLOT_STRIDE;
@@ -40,39 +40,42 @@ pub struct Cursor {
 }
 
 impl Cursor {
-    /// Opens the cursor in `dir` and returns it with the stored position (0 when none was stored
-    /// yet). A damaged file is an error, not a 0: silently starting over would republish
-    /// everything still in the spool. A cursor written by an earlier version (the number as text)
-    /// is converted.
-    pub fn open(dir: &Path) -> io::Result<(Cursor, u64)> {
-        let path = dir.join(FILE_NAME);
-        let stored = match fs::read(&path) {
-            Ok(bytes) if bytes.len() as u64 == FILE_LEN => Some(read_slots(&bytes)?),
-            Ok(bytes) => Some(read_text(&bytes)?),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return Err(e),
+    /// Opens the cursor file at `path` and returns it with the stored position, or `None` when
+    /// there is no such file. A damaged file is an error, not a 0: silently starting over would
+    /// republish everything still in the spool. A cursor written by an earlier version (the
+    /// number as text) is converted.
+    pub fn open(path: &Path) -> io::Result<Option<(Cursor, u64)>> {
+        let Some(stored) = read_stored(path)? else {
+            return Ok(None);
         };
         // The next store goes to the slot not holding the stored position, so that a torn write
         // can only lose what it was writing.
         let (acked, next_slot) = match stored {
-            Some(Stored::Slots { acked, slot }) => (acked, 1 - slot),
-            Some(Stored::Text(acked)) => {
-                create(dir, acked)?;
+            Stored::Slots { acked, slot } => (acked, 1 - slot),
+            Stored::Text(acked) => {
+                write_new(path, acked)?;
+                sync_dir(path.parent().unwrap_or(Path::new(".")))?;
                 (acked, 0)
             }
-            None => {
-                create(dir, 0)?;
-                (0, 0)
-            }
         };
-        let file = OpenOptions::new().write(true).open(&path)?;
-        let cursor = Cursor {
+        Ok(Some((Cursor::at(path, next_slot)?, acked)))
+    }
+
+    /// Creates a cursor file at `path` holding `acked`, atomically (write, fsync, rename). The
+    /// caller fsyncs the directory.
+    pub fn create(path: &Path, acked: u64) -> io::Result<Cursor> {
+        write_new(path, acked)?;
+        Cursor::at(path, 0)
+    }
+
+    fn at(path: &Path, next_slot: u64) -> io::Result<Cursor> {
+        let file = OpenOptions::new().write(true).open(path)?;
+        Ok(Cursor {
             file,
             next_slot,
             synced_at: None,
             unsynced: false,
-        };
-        Ok((cursor, acked))
+        })
     }
 
     /// Stores `acked_seq` in the slot not written last; durably when `durable` is set or the
@@ -105,6 +108,22 @@ impl Cursor {
     #[cfg(test)]
     fn has_unsynced(&self) -> bool {
         self.unsynced
+    }
+}
+
+/// The position stored at `path`, read only; `None` when there is no such file.
+pub fn read(path: &Path) -> io::Result<Option<u64>> {
+    Ok(read_stored(path)?.map(|stored| match stored {
+        Stored::Slots { acked, .. } | Stored::Text(acked) => acked,
+    }))
+}
+
+fn read_stored(path: &Path) -> io::Result<Option<Stored>> {
+    match fs::read(path) {
+        Ok(bytes) if bytes.len() as u64 == FILE_LEN => read_slots(&bytes).map(Some),
+        Ok(bytes) => read_text(&bytes).map(Some),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
@@ -154,10 +173,11 @@ fn read_text(bytes: &[u8]) -> io::Result<Stored> {
     })
 }
 
-/// Writes a new cursor file holding `acked` in both slots, atomically (write, fsync, rename,
-/// fsync the directory): done once, when the spool is first opened.
-fn create(dir: &Path, acked: u64) -> io::Result<()> {
-    let tmp = dir.join(format!("{FILE_NAME}.tmp"));
+/// Writes a new cursor file holding `acked` in both slots, atomically (write, fsync, rename).
+fn write_new(path: &Path, acked: u64) -> io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
     let mut bytes = vec![0u8; FILE_LEN as usize];
     for at in [0, SLOT_STRIDE as usize] {
         bytes[at..at + SLOT_LEN].copy_from_slice(&slot(acked));
@@ -165,30 +185,40 @@ fn create(dir: &Path, acked: u64) -> io::Result<()> {
     let mut file = File::create(&tmp)?;
     file.write_all(&bytes)?;
     file.sync_data()?;
-    fs::rename(&tmp, dir.join(FILE_NAME))?;
-    sync_dir(dir)
+    fs::rename(&tmp, path)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const FILE_NAME: &str = "cursor";
+
+    /// Opens the cursor in `dir`, created at 0 when there is none.
+    fn open_in(dir: &Path) -> (Cursor, u64) {
+        let path = dir.join(FILE_NAME);
+        match Cursor::open(&path).unwrap() {
+            Some(opened) => opened,
+            None => (Cursor::create(&path, 0).unwrap(), 0),
+        }
+    }
+
     #[test]
     fn the_last_stored_position_survives_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut cursor, acked) = Cursor::open(dir.path()).unwrap();
+        let (mut cursor, acked) = open_in(dir.path());
         assert_eq!(acked, 0);
         for seq in [5, 9, 12] {
             cursor.store(seq, false).unwrap();
         }
         drop(cursor);
-        assert_eq!(Cursor::open(dir.path()).unwrap().1, 12);
+        assert_eq!(open_in(dir.path()).1, 12);
     }
 
     #[test]
     fn stores_are_fsynced_at_most_every_interval_unless_asked_to_be() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut cursor, _) = Cursor::open(dir.path()).unwrap();
+        let (mut cursor, _) = open_in(dir.path());
         cursor.store(1, false).unwrap();
         assert!(!cursor.has_unsynced(), "the first store is durable at once");
         cursor.store(2, false).unwrap();
@@ -206,13 +236,13 @@ mod tests {
         cursor.sync().unwrap();
         assert!(!cursor.has_unsynced());
         drop(cursor);
-        assert_eq!(Cursor::open(dir.path()).unwrap().1, 6);
+        assert_eq!(open_in(dir.path()).1, 6);
     }
 
     #[test]
     fn a_torn_slot_falls_back_to_the_previous_position() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut cursor, _) = Cursor::open(dir.path()).unwrap();
+        let (mut cursor, _) = open_in(dir.path());
         cursor.store(7, false).unwrap(); // slot 0
         cursor.store(8, false).unwrap(); // slot 1
         drop(cursor);
@@ -221,18 +251,18 @@ mod tests {
         bytes[SLOT_STRIDE as usize + 3] ^= 0xff; // slot 1 torn while it was being written
         fs::write(&path, &bytes).unwrap();
 
-        assert_eq!(Cursor::open(dir.path()).unwrap().1, 7);
+        assert_eq!(open_in(dir.path()).1, 7);
     }
 
     #[test]
     fn after_a_reopen_the_newest_position_is_not_the_one_overwritten() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut cursor, _) = Cursor::open(dir.path()).unwrap();
+        let (mut cursor, _) = open_in(dir.path());
         cursor.store(7, false).unwrap(); // slot 0
         cursor.store(8, false).unwrap(); // slot 1
         cursor.store(9, false).unwrap(); // slot 0: the newest
         drop(cursor);
-        let (mut reopened, acked) = Cursor::open(dir.path()).unwrap();
+        let (mut reopened, acked) = open_in(dir.path());
         assert_eq!(acked, 9);
         reopened.store(10, false).unwrap();
         drop(reopened);
@@ -241,20 +271,20 @@ mod tests {
         bytes[SLOT_STRIDE as usize + 3] ^= 0xff; // that store was torn
         fs::write(&path, &bytes).unwrap();
 
-        assert_eq!(Cursor::open(dir.path()).unwrap().1, 9);
+        assert_eq!(open_in(dir.path()).1, 9);
     }
 
     #[test]
     fn damage_to_both_slots_is_an_error_not_a_restart_from_zero() {
         let dir = tempfile::tempdir().unwrap();
-        drop(Cursor::open(dir.path()).unwrap());
+        drop(open_in(dir.path()));
         let path = dir.path().join(FILE_NAME);
         let mut bytes = fs::read(&path).unwrap();
         bytes[0] ^= 0xff;
         bytes[SLOT_STRIDE as usize] ^= 0xff;
         fs::write(&path, &bytes).unwrap();
 
-        let error = Cursor::open(dir.path())
+        let error = Cursor::open(&dir.path().join(FILE_NAME))
             .err()
             .expect("damaged cursor refused");
         assert!(error.to_string().contains("damaged"), "{error}");
@@ -265,10 +295,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join(FILE_NAME), "41\n").unwrap();
 
-        let (mut cursor, acked) = Cursor::open(dir.path()).unwrap();
+        let (mut cursor, acked) = open_in(dir.path());
         assert_eq!(acked, 41);
         cursor.store(42, false).unwrap();
         drop(cursor);
-        assert_eq!(Cursor::open(dir.path()).unwrap().1, 42);
+        assert_eq!(open_in(dir.path()).1, 42);
     }
 }

@@ -1,17 +1,23 @@
 //! The spool: a durable, append-only local log that sits between accepting a notification and
 //! relaying it. A notification is answered 200 only once its record is fsynced here, so broker
 //! outages, restarts and crashes lose nothing that was acknowledged. Concurrent appends share one
-//! fsync (group commit); the relay reads records in order and acknowledges them through a cursor;
-//! segments whose records are all acknowledged are recycled as later segments (or deleted when
-//! enough spares are kept).
+//! fsync (group commit). Each sink reads the records in order with its own reader and
+//! acknowledges them through its own cursor (see `progress`); segments every sink has passed are
+//! recycled as later segments (or deleted when enough spares are kept).
 
+mod acknowledge;
 mod cursor;
+mod lock;
+mod progress;
+mod quarantine;
 mod reader;
 pub mod record;
+mod recovery;
+mod scan;
 mod segment;
 mod writer;
 
-use std::fs::{self, File};
+use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,6 +30,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::metrics::{Metrics, SpoolSync};
 use crate::notification::{unix_millis, Notification};
 
+use progress::SinkProgress;
 pub use reader::SpoolReader;
 pub use record::SpoolRecord;
 use segment::SegmentInfo;
@@ -39,13 +46,32 @@ const MAX_SPARES: usize = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
+    #[error(
+        "spool directory {dir} holds notifications up to sequence number {last_seq} but its \
+         cursor {cursor} is missing: starting from the beginning would relay all of them again. \
+         Restore the cursor file, or set spool.missing_cursor = \"start_from_end\" (environment: \
+         DATALOY_GATEWAY__SPOOL__MISSING_CURSOR=start_from_end) to relay only what arrives from \
+         now on"
+    )]
+    MissingCursor {
+        dir: PathBuf,
+        cursor: PathBuf,
+        last_seq: u64,
+    },
     #[error("spool is full")]
     Full,
     #[error("spool I/O failed: {0}")]
     Io(#[from] io::Error),
     #[error("spool is closed")]
     Closed,
-    #[error("spool directory {0} is in use by another gateway process")]
+    #[error("the spool keeps no cursor for a sink named `{0}`")]
+    UnknownSink(String),
+    #[error("spool sinks: {0}")]
+    InvalidSinks(String),
+    #[error(
+        "spool directory {0} is in use by another gateway process (it holds a lock on the \
+         directory); stop that process, or give this one its own spool.dir"
+    )]
     Locked(PathBuf),
     #[error("notification cannot be stored: {0}")]
     Unrepresentable(#[from] record::EncodeError),
@@ -59,6 +85,19 @@ pub struct SpoolOptions {
     pub segment_bytes: u64,
     /// Least time between the starts of two group commits under concurrent load.
     pub commit_interval: Duration,
+    pub missing_cursor: MissingCursor,
+}
+
+/// What opening the spool does when a cursor is missing although the spool holds records (the
+/// cursor was deleted: from the beginning would relay them all again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MissingCursor {
+    /// Refuse to start, naming the cursor and this setting.
+    #[default]
+    Refuse,
+    /// Start after the newest record in the spool: what it holds is not relayed (again).
+    StartFromEnd,
 }
 
 /// State shared by the writer thread, the reader and the acknowledging relay.
@@ -69,43 +108,67 @@ struct Shared {
     /// Relayed segment files waiting to be reused by the writer.
     spares: Mutex<Vec<PathBuf>>,
     disk_bytes: AtomicU64,
+    /// The lowest position among the sinks: every record up to it was confirmed by every sink.
     acked_seq: AtomicU64,
     durable_seq: watch::Sender<u64>,
     /// False after a write or fsync failed, until the next one succeeds.
     write_ok: AtomicBool,
-    /// Receive time of the oldest record the relay has read but not acknowledged.
-    oldest_pending_ms: AtomicU64,
-    cursor: Mutex<cursor::Cursor>,
+    sinks: Vec<SinkProgress>,
     metrics: Metrics,
 }
 
-/// Handle to an open spool. Appends are safe from any task; one relay reads.
+/// One sink's backlog, for metrics and `spool status`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SinkBacklog {
+    pub sink: String,
+    /// Highest sequence number the sink confirmed.
+    pub acked_seq: u64,
+    /// Durable notifications the sink has not confirmed yet.
+    pub records: u64,
+    /// Age of the oldest of them the sink has read (zero when it has none).
+    pub oldest_age: Duration,
+}
+
+/// Handle to an open spool. Appends are safe from any task; each sink's relay reads with its own
+/// reader.
 pub struct Spool {
     shared: Arc<Shared>,
     commands: mpsc::Sender<Command>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
-    _lock: File,
+    _lock: lock::DirectoryLock,
 }
 
 impl Spool {
-    /// Opens (or creates) the spool in `options.dir`, recovering from a crash: torn or corrupt
-    /// records are cut off and reported, fully relayed segments are retired (kept as spares or
-    /// deleted).
-    pub fn open(options: SpoolOptions, metrics: Metrics) -> Result<Spool, SpoolError> {
+    /// Opens (or creates) the spool in `options.dir` for `sinks` (each gets its own cursor; see
+    /// `progress` for where each resumes), recovering from a crash: a torn tail is cut off,
+    /// damaged ranges are quarantined and stepped over (see `scan`), segments every sink has
+    /// relayed are retired (kept as spares or deleted). Nothing is changed on disk when it
+    /// refuses to open.
+    pub fn open(
+        options: SpoolOptions,
+        sinks: &[&str],
+        metrics: Metrics,
+    ) -> Result<Spool, SpoolError> {
+        progress::check_names(sinks)?;
         fs::create_dir_all(&options.dir)?;
-        let lock = File::create(options.dir.join("lock"))?;
-        if lock.try_lock().is_err() {
-            return Err(SpoolError::Locked(options.dir.clone()));
-        }
-        let (cursor, acked) = cursor::Cursor::open(&options.dir)?;
-        let (segments, spares) = recover(&options.dir, acked, &metrics)?;
-        let next_seq = segments
+        let lock = lock::lock(&options.dir)?;
+        let stored = progress::Stored::read(&options.dir, sinks)?;
+        let found = recovery::scan_all(&options.dir, stored.relayed_by_all())?;
+        let last_seq = recovery::last_seq(&found);
+        let settled = stored.settle(
+            options.missing_cursor,
+            last_seq,
+            recovery::holds_records(&found),
+        )?;
+        let relayed_by_all = settled.relayed_by_all();
+        let sinks = settled.persist()?;
+        let next_seq = sinks
             .iter()
-            .map(|s| s.last_seq)
-            .max()
-            .unwrap_or(0)
-            .max(acked)
+            .map(|s| s.acked.load(Ordering::Relaxed))
+            .fold(last_seq, u64::max)
             + 1;
+        let (segments, spares) = recovery::apply(&options.dir, found, relayed_by_all, &metrics)?;
+        warn_of_retired_gaps(&sinks, &segments, next_seq);
         let disk_bytes = segments.iter().map(|s| s.durable_len).sum();
         let (durable_seq, _) = watch::channel(next_seq - 1);
         let shared = Arc::new(Shared {
@@ -114,11 +177,10 @@ impl Spool {
             segments: Mutex::new(segments),
             spares: Mutex::new(spares),
             disk_bytes: AtomicU64::new(disk_bytes),
-            acked_seq: AtomicU64::new(acked),
+            acked_seq: AtomicU64::new(relayed_by_all),
             durable_seq,
             write_ok: AtomicBool::new(true),
-            oldest_pending_ms: AtomicU64::new(0),
-            cursor: Mutex::new(cursor),
+            sinks,
             metrics,
         });
         let writer = Writer::start(
@@ -151,19 +213,36 @@ impl Spool {
         answer.await.map_err(|_| SpoolError::Closed)?
     }
 
-    /// A reader positioned after the acknowledged cursor. The relay owns the only one.
-    pub fn reader(&self) -> SpoolReader {
-        SpoolReader::new(self.shared.clone())
+    /// A reader of the records `sink` has not acknowledged yet, in order. One per sink.
+    pub fn reader_for(&self, sink: &str) -> Result<SpoolReader, SpoolError> {
+        let index = self.sink_index(sink)?;
+        Ok(SpoolReader::new(self.shared.clone(), Some(index)))
     }
 
-    /// Records that every sink confirmed all records up to `seq`: stores the cursor (durable
-    /// within `cursor::SYNC_INTERVAL`, and before any segment goes) and retires segments that
-    /// hold nothing newer.
+    /// Records that `sink` confirmed every record up to `seq`: stores its cursor (durable within
+    /// `cursor::SYNC_INTERVAL`, and before any segment goes) and retires the segments every sink
+    /// has passed.
+    pub async fn acknowledge_for(&self, sink: &str, seq: u64) -> Result<(), SpoolError> {
+        let index = self.sink_index(sink)?;
+        self.acknowledge_sinks(Some(index), seq).await
+    }
+
+    /// A reader of the records not every sink has acknowledged, for a relay that delivers each
+    /// batch to every sink before it acknowledges it with [`Spool::acknowledge`].
+    pub fn reader(&self) -> SpoolReader {
+        SpoolReader::new(self.shared.clone(), None)
+    }
+
+    /// Records that every sink confirmed all records up to `seq` (see [`Spool::acknowledge_for`]).
     pub async fn acknowledge(&self, seq: u64) -> Result<(), SpoolError> {
+        self.acknowledge_sinks(None, seq).await
+    }
+
+    async fn acknowledge_sinks(&self, sink: Option<usize>, seq: u64) -> Result<(), SpoolError> {
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
             let started = Instant::now();
-            let outcome = shared.acknowledge(seq);
+            let outcome = shared.acknowledge(sink, seq);
             shared
                 .metrics
                 .spool_synced(SpoolSync::Acknowledge, started.elapsed());
@@ -172,6 +251,40 @@ impl Spool {
         .await
         .map_err(|e| SpoolError::Io(io::Error::other(e)))??;
         Ok(())
+    }
+
+    fn sink_index(&self, sink: &str) -> Result<usize, SpoolError> {
+        self.shared
+            .sinks
+            .iter()
+            .position(|s| s.name == sink)
+            .ok_or_else(|| SpoolError::UnknownSink(sink.to_owned()))
+    }
+
+    /// Each sink's backlog, in the order the sinks were given to [`Spool::open`].
+    pub fn sink_backlogs(&self) -> Vec<SinkBacklog> {
+        let durable = *self.shared.durable_seq.borrow();
+        let now = unix_millis();
+        self.shared
+            .sinks
+            .iter()
+            .map(|sink| {
+                let acked_seq = sink.acked.load(Ordering::Relaxed);
+                let records = durable.saturating_sub(acked_seq);
+                let oldest = sink.oldest_pending_ms.load(Ordering::Relaxed);
+                let oldest_age = if records == 0 || oldest == 0 {
+                    Duration::ZERO
+                } else {
+                    Duration::from_millis(now.saturating_sub(oldest))
+                };
+                SinkBacklog {
+                    sink: sink.name.clone(),
+                    acked_seq,
+                    records,
+                    oldest_age,
+                }
+            })
+            .collect()
     }
 
     /// Whether a new notification can be appended now: the last write succeeded and there is
@@ -183,27 +296,31 @@ impl Spool {
             && !self.commands.is_closed()
     }
 
-    /// Notifications appended but not yet acknowledged.
+    /// Notifications appended but not yet acknowledged by every sink.
     pub fn depth(&self) -> u64 {
         let durable = *self.shared.durable_seq.borrow();
         durable.saturating_sub(self.shared.acked_seq.load(Ordering::Relaxed))
     }
 
-    /// Updates the spool gauges; called before metrics are rendered.
+    /// Updates the spool and per-sink gauges; called before metrics are rendered.
     pub fn refresh_metrics(&self) {
         let metrics = &self.shared.metrics;
-        let depth = self.depth();
-        metrics.spool_depth.set(depth as i64);
+        metrics.spool_depth.set(self.depth() as i64);
         metrics
             .spool_bytes
             .set(self.shared.disk_bytes.load(Ordering::Relaxed) as i64);
-        let oldest = self.shared.oldest_pending_ms.load(Ordering::Relaxed);
-        let age_ms = if depth == 0 || oldest == 0 {
-            0
-        } else {
-            unix_millis().saturating_sub(oldest)
-        };
-        metrics.spool_oldest_age.set(age_ms as f64 / 1000.0);
+        let backlogs = self.sink_backlogs();
+        let oldest = backlogs.iter().map(|b| b.oldest_age).max();
+        metrics
+            .spool_oldest_age
+            .set(oldest.unwrap_or_default().as_secs_f64());
+        for backlog in &backlogs {
+            metrics.set_sink_backlog(
+                &backlog.sink,
+                backlog.records,
+                backlog.oldest_age.as_secs_f64(),
+            );
+        }
     }
 
     /// Stops the writer after the appends already queued; later appends fail with `Closed`.
@@ -214,110 +331,45 @@ impl Spool {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
         let shared = self.shared.clone();
-        let synced = tokio::task::spawn_blocking(move || shared.cursor.lock().sync()).await;
+        let synced = tokio::task::spawn_blocking(move || {
+            shared
+                .sinks
+                .iter()
+                .try_for_each(|sink| sink.cursor.lock().sync())
+        })
+        .await;
         if let Ok(Err(e)) = synced {
-            tracing::warn!(error = %e, "cannot make the spool cursor durable at shutdown; a machine crash now would relay the last batches again");
+            tracing::warn!(error = %e, "cannot make the spool cursors durable at shutdown; a machine crash now would relay the last batches again");
         }
     }
 }
 
-impl Shared {
-    fn acknowledge(&self, seq: u64) -> io::Result<()> {
-        let mut cursor = self.cursor.lock();
-        if seq <= self.acked_seq.load(Ordering::Relaxed) {
-            return Ok(());
+/// A sink whose cursor is behind the oldest record the spool holds was not configured while
+/// those records were relayed to the others and retired: it resumes with the oldest held.
+fn warn_of_retired_gaps(sinks: &[SinkProgress], segments: &[SegmentInfo], next_seq: u64) {
+    let oldest_held = segments.first().map_or(next_seq, |s| s.first_seq);
+    for sink in sinks {
+        let acked = sink.acked.load(Ordering::Relaxed);
+        if acked + 1 < oldest_held {
+            tracing::warn!(
+                sink = sink.name,
+                cursor = acked,
+                oldest_held,
+                "records after this sink's cursor were retired while it was not configured; it \
+                 resumes with the oldest record the spool holds"
+            );
         }
-        cursor.store(seq, false)?;
-        let finished: Vec<SegmentInfo> = {
-            let mut segments = self.segments.lock();
-            let (done, keep) = segments
-                .drain(..)
-                .partition(|s| s.closed && s.last_seq <= seq);
-            *segments = keep;
-            done
-        };
-        // A segment is deleted or reused only once the cursor past it is durable.
-        if !finished.is_empty() {
-            if let Err(e) = cursor.sync() {
-                self.segments.lock().splice(0..0, finished);
-                return Err(e);
-            }
-        }
-        self.acked_seq.store(seq, Ordering::Relaxed);
-        for segment in &finished {
-            self.disk_bytes
-                .fetch_sub(segment.durable_len, Ordering::Relaxed);
-            // The cursor is stored, so this is housekeeping: a file left behind is retired by
-            // the next recovery, and the other finished segments are still retired now.
-            if let Err(e) = retire(&self.dir, segment, &mut self.spares.lock()) {
-                tracing::warn!(segment = %segment.path.display(), error = %e, "cannot retire a relayed spool segment; recovery will");
-            }
-        }
-        // No directory fsync: if a crash loses these renames or deletions, recovery finds the
-        // files again under their segment names, all acknowledged, and retires them again.
-        Ok(())
     }
 }
 
 /// A relayed segment becomes a spare, or is deleted when there are enough spares.
-fn retire(dir: &Path, segment: &SegmentInfo, spares: &mut Vec<PathBuf>) -> io::Result<()> {
+fn retire(dir: &Path, path: &Path, first_seq: u64, spares: &mut Vec<PathBuf>) -> io::Result<()> {
     if spares.len() < MAX_SPARES {
-        let spare = segment::spare_path_for(dir, segment.first_seq);
-        fs::rename(&segment.path, &spare)?;
+        let spare = segment::spare_path_for(dir, first_seq);
+        fs::rename(path, &spare)?;
         spares.push(spare);
         Ok(())
     } else {
-        fs::remove_file(&segment.path)
+        fs::remove_file(path)
     }
-}
-
-/// Validates every segment left by the previous run and takes stock of the spares; see
-/// [`Spool::open`].
-fn recover(
-    dir: &Path,
-    acked: u64,
-    metrics: &Metrics,
-) -> Result<(Vec<SegmentInfo>, Vec<PathBuf>), SpoolError> {
-    let mut spares = Vec::new();
-    for spare in segment::list_spares(dir)? {
-        if spares.len() < MAX_SPARES {
-            spares.push(spare);
-        } else {
-            fs::remove_file(&spare)?;
-        }
-    }
-    let mut kept = Vec::new();
-    let mut previous_seq = 0;
-    for (first_seq, path) in segment::list(dir)? {
-        let report = segment::scan(&path, previous_seq)?;
-        if let Some(problem) = report.problem {
-            tracing::error!(
-                segment = %path.display(),
-                problem,
-                dropped_bytes = report.dropped_bytes,
-                kept_records = report.records,
-                "spool segment damaged; cutting it back to its last valid record"
-            );
-            metrics
-                .spool_recovered_bytes_dropped
-                .inc_by(report.dropped_bytes);
-            segment::truncate(&path, report.valid_len)?;
-        }
-        let info = SegmentInfo {
-            first_seq,
-            path,
-            generation: report.generation,
-            durable_len: report.valid_len,
-            last_seq: report.last_seq,
-            closed: true,
-        };
-        if report.records == 0 || report.last_seq <= acked {
-            retire(dir, &info, &mut spares)?;
-            continue;
-        }
-        previous_seq = report.last_seq;
-        kept.push(info);
-    }
-    segment::sync_dir(dir)?;
-    Ok((kept, spares))
 }

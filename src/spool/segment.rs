@@ -9,15 +9,15 @@
 //! record repeats it, so the recovery scan knows where the current data of a recycled file ends.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::record::{self, DecodeError};
+use super::scan::Damage;
 
 const SUFFIX: &str = ".seg";
 const SPARE_SUFFIX: &str = ".spare";
-const MAGIC: &[u8; 8] = b"DLGWSEG1";
+pub const MAGIC: &[u8; 8] = b"DLGWSEG1";
 /// Bytes before the first record: the magic and the generation.
 pub const HEADER_LEN: u64 = 16;
 
@@ -35,6 +35,10 @@ pub struct SegmentInfo {
     pub last_seq: u64,
     /// No more records will be appended.
     pub closed: bool,
+    /// Damaged ranges found so far, quarantined: readers step over them.
+    pub damaged: Vec<Damage>,
+    /// Kept whatever the cursors say: its damage could not be quarantined.
+    pub pinned: bool,
 }
 
 pub fn path_for(dir: &Path, first_seq: u64) -> PathBuf {
@@ -87,97 +91,6 @@ pub fn start_generation(file: &File) -> io::Result<u64> {
     file.write_all_at(&header, 0)?;
     file.sync_data()?;
     Ok(generation)
-}
-
-/// Result of validating one segment file.
-#[derive(Debug)]
-pub struct ScanReport {
-    pub generation: u64,
-    /// Length of the valid prefix, header included.
-    pub valid_len: u64,
-    pub last_seq: u64,
-    pub records: u64,
-    /// Bytes after the valid prefix (torn tail or corruption); 0 for a clean segment, and for
-    /// stale records left by an earlier use of a recycled file.
-    pub dropped_bytes: u64,
-    /// Why the scan stopped early, when it did.
-    pub problem: Option<&'static str>,
-}
-
-/// Reads a segment and finds its valid prefix: every record complete, checksummed and in order.
-pub fn scan(path: &Path, after_seq: u64) -> io::Result<ScanReport> {
-    let mut bytes = Vec::new();
-    File::open(path)?.read_to_end(&mut bytes)?;
-    let header = HEADER_LEN as usize;
-    if bytes.is_empty() {
-        // A crash right after the file was created, before its header was written.
-        return Ok(ScanReport {
-            generation: 0,
-            valid_len: 0,
-            last_seq: 0,
-            records: 0,
-            dropped_bytes: 0,
-            problem: None,
-        });
-    }
-    if bytes.len() < header || &bytes[..8] != MAGIC {
-        // Not written by this version: refuse rather than cut away data we do not understand.
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!(
-                "{} is not a spool segment of this gateway version (bad header); move it out of \
-                 the spool directory",
-                path.display()
-            ),
-        ));
-    }
-    let generation = u64::from_le_bytes(bytes[8..header].try_into().expect("8 bytes"));
-    let mut offset = header;
-    let mut last_seq = 0u64;
-    let mut previous = after_seq;
-    let mut records = 0u64;
-    let mut problem = None;
-    let mut stale_tail = false;
-    while offset < bytes.len() {
-        match record::decode(&bytes[offset..], generation) {
-            Ok((rec, len)) if rec.seq > previous => {
-                previous = rec.seq;
-                last_seq = rec.seq;
-                records += 1;
-                offset += len;
-            }
-            Ok(_) => {
-                problem = Some("sequence numbers out of order");
-                break;
-            }
-            Err(DecodeError::Incomplete { .. }) => {
-                problem = Some("torn record at the end");
-                break;
-            }
-            Err(DecodeError::Corrupt(why)) => {
-                problem = Some(why);
-                break;
-            }
-            Err(DecodeError::Stale) => {
-                stale_tail = true;
-                break;
-            }
-        }
-    }
-    // Records of the file's earlier use end the data; they are not damage.
-    let dropped_bytes = if stale_tail {
-        0
-    } else {
-        (bytes.len() - offset) as u64
-    };
-    Ok(ScanReport {
-        generation,
-        valid_len: offset as u64,
-        last_seq,
-        records,
-        dropped_bytes,
-        problem,
-    })
 }
 
 /// Cuts a segment back to its valid prefix and makes that durable.

@@ -259,6 +259,8 @@ fn create_segment(shared: &Shared, first_seq: u64) -> io::Result<(File, u64)> {
         durable_len: segment::HEADER_LEN,
         last_seq: 0,
         closed: false,
+        damaged: Vec::new(),
+        pinned: false,
     });
     shared
         .disk_bytes

@@ -1,5 +1,5 @@
 //! The spool on its own: group commit, order, acknowledgement and recycling of segments, and
-//! recovery from a torn or corrupted segment.
+//! recovery from a torn tail (damage elsewhere: `spool_damage.rs`).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -34,7 +34,9 @@ fn open_pacing(
             max_bytes: 64 << 20,
             segment_bytes,
             commit_interval,
+            missing_cursor: Default::default(),
         },
+        &["relay"],
         metrics.clone(),
     )
     .unwrap()
@@ -226,41 +228,6 @@ async fn a_torn_tail_is_cut_off_reported_and_the_spool_keeps_serving() {
 }
 
 #[tokio::test]
-async fn a_corrupted_record_is_detected_and_only_what_follows_it_is_lost() {
-    let dir = tempfile::tempdir().unwrap();
-    let metrics = Metrics::new();
-    let spool = open(dir.path(), 1 << 20, &metrics);
-    let mut record_len = 0;
-    for i in 0..4 {
-        spool.append(notification(&format!("c-{i}"))).await.unwrap();
-        if i == 0 {
-            record_len = std::fs::metadata(segment_files(dir.path())[0].clone())
-                .unwrap()
-                .len()
-                - SEGMENT_HEADER_LEN;
-        }
-    }
-    spool.close().await;
-    drop(spool);
-    let segment = segment_files(dir.path()).pop().unwrap();
-    let mut bytes = std::fs::read(&segment).unwrap();
-    // Inside the third record's body.
-    bytes[(SEGMENT_HEADER_LEN + record_len * 2 + 200) as usize] ^= 0xff;
-    std::fs::write(&segment, &bytes).unwrap();
-
-    let reopened = open(dir.path(), 1 << 20, &metrics);
-    reopened.append(notification("c-after")).await.unwrap();
-
-    assert_eq!(read_ids(&reopened, 100).await, ["c-0", "c-1", "c-after"]);
-    assert!(
-        metric_value(
-            &metrics.render(),
-            "dataloy_gateway_spool_recovery_dropped_bytes_total"
-        ) >= record_len as f64 * 2.0
-    );
-}
-
-#[tokio::test]
 async fn a_full_spool_refuses_and_recovers_when_space_is_freed() {
     let dir = tempfile::tempdir().unwrap();
     let metrics = Metrics::new();
@@ -270,7 +237,9 @@ async fn a_full_spool_refuses_and_recovers_when_space_is_freed() {
             max_bytes: 16 * 1024,
             segment_bytes: 4096,
             commit_interval: Duration::ZERO,
+            missing_cursor: Default::default(),
         },
+        &["relay"],
         metrics,
     )
     .unwrap();
@@ -307,7 +276,9 @@ async fn a_second_gateway_cannot_open_the_same_spool() {
             max_bytes: 64 << 20,
             segment_bytes: 1 << 20,
             commit_interval: Duration::ZERO,
+            missing_cursor: Default::default(),
         },
+        &["relay"],
         metrics,
     );
 
@@ -366,7 +337,9 @@ async fn a_segment_file_it_cannot_read_stops_start_up_instead_of_being_cut_away(
             max_bytes: 64 << 20,
             segment_bytes: 1 << 20,
             commit_interval: Duration::ZERO,
+            missing_cursor: Default::default(),
         },
+        &["relay"],
         Metrics::new(),
     )
     .err()
