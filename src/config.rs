@@ -507,6 +507,33 @@ pub struct FileSinkSettings {
     /// fsync after every batch, so a confirmed notification survives a power loss.
     #[serde(default = "default_true")]
     pub fsync: bool,
+    /// Before a batch would take the file past this size it is renamed to `PATH.1` (older
+    /// ones move to `.2`, `.3`…) and a new file is started; 0 never rotates.
+    #[serde(default = "default_file_rotate_bytes")]
+    pub rotate_bytes: ByteSize,
+    /// Rotated files kept; the oldest beyond this many is deleted.
+    #[serde(default = "default_file_keep_rotated")]
+    pub keep_rotated: usize,
+}
+
+impl FileSinkSettings {
+    /// A file sink at `path` with the default fsync and rotation.
+    pub fn at(path: PathBuf) -> Self {
+        Self {
+            path,
+            fsync: true,
+            rotate_bytes: default_file_rotate_bytes(),
+            keep_rotated: default_file_keep_rotated(),
+        }
+    }
+}
+
+fn default_file_rotate_bytes() -> ByteSize {
+    ByteSize(256 * 1024 * 1024)
+}
+
+fn default_file_keep_rotated() -> usize {
+    4
 }
 
 fn default_true() -> bool {
@@ -713,6 +740,12 @@ impl Settings {
         if let Some(file) = &self.sinks.file {
             if file.path.as_os_str().is_empty() {
                 return Err(invalid("sinks.file.path", "must not be empty"));
+            }
+            if file.rotate_bytes.bytes() > 0 && file.keep_rotated == 0 {
+                return Err(invalid(
+                    "sinks.file.keep_rotated",
+                    "must be at least 1 while sinks.file.rotate_bytes rotates the file",
+                ));
             }
         }
         if let Some(kafka) = &self.sinks.kafka {

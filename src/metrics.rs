@@ -106,6 +106,7 @@ pub struct Metrics {
     sink_oldest_age: GaugeVec,
     pub spool_depth: IntGauge,
     pub spool_bytes: IntGauge,
+    pub spool_max_bytes: IntGauge,
     pub spool_oldest_age: Gauge,
     pub spool_appends: IntCounter,
     pub spool_fsyncs: IntCounter,
@@ -241,6 +242,10 @@ impl Metrics {
             "Notifications in the spool not yet confirmed by every sink.",
         );
         let spool_bytes = int_gauge("spool_bytes", "Disk used by the spool's segment files.");
+        let spool_max_bytes = int_gauge(
+            "spool_max_bytes",
+            "The configured spool.max_bytes (0 with the spool disabled); at it, new notifications get 503.",
+        );
         let spool_oldest_age = Gauge::new(
             "spool_oldest_age_seconds",
             "Age of the oldest notification not yet confirmed by every sink.",
@@ -354,6 +359,7 @@ impl Metrics {
             sink_oldest_age,
             spool_depth,
             spool_bytes,
+            spool_max_bytes,
             spool_oldest_age,
             spool_appends,
             spool_fsyncs,

@@ -1,7 +1,8 @@
 //! The embedded default sink: appends each body, exactly as received, plus a newline to a local
 //! file (compact bodies, as Dataloy sends them, make it JSON Lines; a body that spans lines is
 //! kept as it is, so the file is a stream of JSON values). Useful without any broker, and as the
-//! reference sink in tests.
+//! reference sink in tests. The file is rotated by size (`rotate_bytes`, `keep_rotated`), so a
+//! development setup left running does not fill its disk.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -24,34 +25,61 @@ pub struct FileSink {
 struct Inner {
     path: PathBuf,
     fsync: bool,
+    /// 0: never rotate.
+    rotate_bytes: u64,
+    keep_rotated: usize,
     file: Mutex<Option<File>>,
     up: AtomicBool,
 }
 
 impl FileSink {
     /// Creates the sink and checks that the file can be opened; a failure is reported (the sink
-    /// is down) but does not stop the gateway, which keeps spooling.
+    /// is down) but does not stop the gateway, which keeps spooling. The check of the file's end
+    /// for a torn write reads the whole file, so it runs in the background: the gateway answers
+    /// (and liveness probes pass) meanwhile, and the first batch waits for it.
     pub async fn new(settings: &FileSinkSettings) -> Self {
         let inner = Arc::new(Inner {
             path: settings.path.clone(),
             fsync: settings.fsync,
+            rotate_bytes: settings.rotate_bytes.bytes(),
+            keep_rotated: settings.keep_rotated,
             file: Mutex::new(None),
             up: AtomicBool::new(false),
         });
-        let probe = inner.clone();
-        let opened = tokio::task::spawn_blocking(move || probe.ensure_open().map(|_| ()))
-            .await
-            .expect("file sink probe panicked");
+        let path = settings.path.clone();
+        let opened = tokio::task::spawn_blocking(move || {
+            create_parent(&path).and_then(|()| open_append(&path))
+        })
+        .await
+        .expect("file sink probe panicked");
         match opened {
-            Ok(()) => inner.up.store(true, Ordering::Relaxed),
-            Err(e) => tracing::warn!(
-                sink = "file",
-                path = %settings.path.display(),
-                error = %e,
-                "file sink cannot open its file yet; notifications stay in the spool"
-            ),
+            Ok(_) => inner.up.store(true, Ordering::Relaxed),
+            Err(e) => warn_unavailable(&settings.path, &e),
         }
+        let check = inner.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = check.ensure_open() {
+                check.up.store(false, Ordering::Relaxed);
+                warn_unavailable(&check.path, &e);
+            }
+        });
         Self { inner }
+    }
+}
+
+fn warn_unavailable(path: &Path, error: &std::io::Error) {
+    tracing::warn!(
+        sink = "file",
+        path = %path.display(),
+        error = %error,
+        "file sink cannot open its file yet; notifications stay in the spool"
+    );
+}
+
+fn create_parent(path: &Path) -> std::io::Result<()> {
+    match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(parent) => fs::create_dir_all(parent),
+        None => Ok(()),
     }
 }
 
@@ -59,9 +87,7 @@ impl Inner {
     fn ensure_open(&self) -> std::io::Result<parking_lot::MutexGuard<'_, Option<File>>> {
         let mut file = self.file.lock();
         if file.is_none() {
-            if let Some(parent) = self.path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                fs::create_dir_all(parent)?;
-            }
+            create_parent(&self.path)?;
             let opened = open_append(&self.path)?;
             cut_torn_tail(&opened)?;
             *file = Some(opened);
@@ -71,8 +97,21 @@ impl Inner {
 
     fn append(&self, lines: &[u8]) -> Result<(), SinkError> {
         let mut guard = self.ensure_open()?;
-        let file = guard.as_mut().expect("opened by ensure_open");
-        let length_before = file.metadata()?.len();
+        let mut length_before = guard
+            .as_ref()
+            .expect("opened by ensure_open")
+            .metadata()?
+            .len();
+        if self.rotate_bytes > 0
+            && length_before > 0
+            && length_before + lines.len() as u64 > self.rotate_bytes
+        {
+            *guard = None;
+            rotate(&self.path, self.keep_rotated, self.fsync)?;
+            *guard = Some(open_append(&self.path)?);
+            length_before = 0;
+        }
+        let file = guard.as_mut().expect("opened above");
         let written =
             file.write_all(lines)
                 .and_then(|()| if self.fsync { file.sync_data() } else { Ok(()) });
@@ -84,6 +123,32 @@ impl Inner {
         }
         Ok(())
     }
+}
+
+/// `PATH` becomes `PATH.1`, `PATH.1` becomes `PATH.2`… and `PATH.{keep}` is deleted. Every
+/// body in `PATH` was confirmed (written, and fsynced with `fsync`) before; a crash between the
+/// renames at worst deletes one rotated file early, never the current one.
+fn rotate(path: &Path, keep: usize, fsync: bool) -> std::io::Result<()> {
+    let numbered = |n: usize| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(format!(".{n}"));
+        PathBuf::from(name)
+    };
+    let tolerate_missing = |result: std::io::Result<()>| match result {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    };
+    tolerate_missing(fs::remove_file(numbered(keep)))?;
+    for n in (1..keep).rev() {
+        tolerate_missing(fs::rename(numbered(n), numbered(n + 1)))?;
+    }
+    fs::rename(path, numbered(1))?;
+    tracing::info!(sink = "file", path = %path.display(), keep, "rotated the file sink's file");
+    if fsync {
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+        File::open(parent.unwrap_or(Path::new(".")))?.sync_all()?;
+    }
+    Ok(())
 }
 
 fn open_append(path: &Path) -> std::io::Result<File> {

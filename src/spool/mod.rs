@@ -170,6 +170,9 @@ impl Spool {
         let (segments, spares) = recovery::apply(&options.dir, found, relayed_by_all, &metrics)?;
         warn_of_retired_gaps(&sinks, &segments, next_seq);
         let disk_bytes = segments.iter().map(|s| s.durable_len).sum();
+        metrics
+            .spool_max_bytes
+            .set(i64::try_from(options.max_bytes).unwrap_or(i64::MAX));
         let (durable_seq, _) = watch::channel(next_seq - 1);
         let shared = Arc::new(Shared {
             dir: options.dir.clone(),

@@ -64,6 +64,8 @@ async fn metrics_count_outcomes_with_prometheus_names() {
         1.0,
     );
     expect("dataloy_gateway_build_info{version=\"0.1.0\"}", 1.0);
+    // The configured bound (test_settings: 64 MiB), so alerts divide by what this gateway uses.
+    expect("dataloy_gateway_spool_max_bytes", (64u64 << 20) as f64);
     for name in [
         "dataloy_gateway_request_duration_seconds_bucket",
         "dataloy_gateway_publish_duration_seconds_bucket",

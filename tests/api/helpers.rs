@@ -46,10 +46,7 @@ pub fn test_settings(dir: &Path) -> Settings {
             ..SpoolSettings::default()
         },
         sinks: SinksSettings {
-            file: Some(FileSinkSettings {
-                path: dir.join("out/events.jsonl"),
-                fsync: true,
-            }),
+            file: Some(FileSinkSettings::at(dir.join("out/events.jsonl"))),
             ..SinksSettings::default()
         },
         log: LogSettings::default(),

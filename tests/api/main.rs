@@ -7,6 +7,7 @@ mod crash;
 mod dedup;
 mod durability;
 mod envelope_properties;
+mod file_sink;
 mod helpers;
 mod hostile;
 mod kafka;
