@@ -12,6 +12,9 @@ use serde::Deserialize;
 
 use crate::sink::template::Template;
 
+mod dataloy;
+pub use dataloy::{DataloySettings, ExtraMembers, SubscriptionSettings, MANAGED_MEMBERS};
+
 /// Prefix of environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "DATALOY_GATEWAY";
 /// Longest `spool.commit_interval` accepted: the interval adds up to itself to answers under load.
@@ -54,6 +57,11 @@ pub struct Settings {
     pub sources: SourcesSettings,
     #[serde(default)]
     pub log: LogSettings,
+    /// How to reach Dataloy's REST API (for the subscription keeper and its commands).
+    pub dataloy: Option<DataloySettings>,
+    /// Webhook subscriptions the gateway keeps alive in Dataloy: `[subscriptions.NAME]`.
+    #[serde(default)]
+    pub subscriptions: BTreeMap<String, SubscriptionSettings>,
 }
 
 /// Sources besides the webhook listener.
@@ -601,6 +609,7 @@ impl Settings {
         for (name, source) in &self.sources.websocket {
             validate_websocket(name, source)?;
         }
+        dataloy::validate(self.dataloy.as_ref(), &self.subscriptions)?;
         if !self.sinks.any() {
             return Err(invalid(
                 "sinks",

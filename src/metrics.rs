@@ -2,6 +2,7 @@
 //! is logged and counted in one place with the same low-cardinality labels.
 
 mod series;
+mod subscriptions;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +14,7 @@ use prometheus::{
 
 use series::{AcceptedByObjectType, PerSource};
 pub use series::{ClaimResult, DedupCall, DedupSeries};
+pub use subscriptions::SubscriptionSeries;
 
 const NAMESPACE: &str = "dataloy_gateway";
 /// Latency buckets in seconds, from 100 µs to 10 s.
@@ -117,6 +119,7 @@ pub struct Metrics {
     websocket_reconnects: IntCounterVec,
     websocket_messages: IntCounterVec,
     pub dedup_commit_errors: IntCounter,
+    subscriptions: SubscriptionSeries,
 }
 
 impl Default for Metrics {
@@ -282,6 +285,8 @@ impl Metrics {
             "Durable notifications whose id could not be recorded as seen.",
         );
 
+        let subscriptions = SubscriptionSeries::register(&registry);
+
         let build_info = IntGaugeVec::new(
             Opts::new("build_info", "Version of the running gateway; always 1."),
             &["version"],
@@ -328,7 +333,13 @@ impl Metrics {
             websocket_reconnects,
             websocket_messages,
             dedup_commit_errors,
+            subscriptions,
         }
+    }
+
+    /// The subscription keeper's series.
+    pub fn subscriptions(&self) -> &SubscriptionSeries {
+        &self.subscriptions
     }
 
     pub fn received(&self, source: Source) {
