@@ -48,7 +48,8 @@ async fn a_subscription_deactivated_by_failed_deliveries_is_recreated_and_later_
         );
     })
     .await;
-    path_from_dataloy.forward_to(app.port());
+    let gateway_port = app.address.rsplit(':').next().unwrap().parse().unwrap();
+    path_from_dataloy.forward_to(gateway_port);
     assert!(eventually(|| async { fake.active_subscriptions().len() == 1 }).await);
     let first_key = fake.active_subscriptions()[0]["key"].clone();
     assert_eq!(
