@@ -334,8 +334,8 @@ impl State {
         }
     }
 
-    /// `Ok` when the bearer token is valid; otherwise the 401 answer.
-    fn authorize(&mut self, request: &HttpRequest) -> Result<(), HttpResponse> {
+    /// `None` when the bearer token is valid; otherwise the 401 answer.
+    fn refusal(&mut self, request: &HttpRequest) -> Option<HttpResponse> {
         let token = request
             .headers()
             .get("authorization")
@@ -343,12 +343,12 @@ impl State {
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
         match self.tokens.get(token) {
-            Some(Some(expires)) if Instant::now() < *expires => Ok(()),
+            Some(Some(expires)) if Instant::now() < *expires => None,
             Some(_) => {
                 self.expired_refusals += 1;
-                Err(HttpResponse::Unauthorized().json(json!({"message": "Token expired."})))
+                Some(HttpResponse::Unauthorized().json(json!({"message": "Token expired."})))
             }
-            None => Err(HttpResponse::Unauthorized().json(json!({"message": "Unauthorized"}))),
+            None => Some(HttpResponse::Unauthorized().json(json!({"message": "Unauthorized"}))),
         }
     }
 
@@ -401,7 +401,7 @@ async fn token(state: web::Data<Mutex<State>>, body: web::Json<Value>) -> HttpRe
 
 async fn list(state: web::Data<Mutex<State>>, request: HttpRequest) -> HttpResponse {
     let mut state = state.lock();
-    if let Err(refused) = state.authorize(&request) {
+    if let Some(refused) = state.refusal(&request) {
         return refused;
     }
     state.record(&request, None);
@@ -419,7 +419,7 @@ async fn create(
     body: web::Json<Value>,
 ) -> HttpResponse {
     let mut state = state.lock();
-    if let Err(refused) = state.authorize(&request) {
+    if let Some(refused) = state.refusal(&request) {
         return refused;
     }
     state.record(&request, Some(body.0.clone()));
@@ -443,7 +443,7 @@ async fn update(
     body: web::Json<Value>,
 ) -> HttpResponse {
     let mut state = state.lock();
-    if let Err(refused) = state.authorize(&request) {
+    if let Some(refused) = state.refusal(&request) {
         return refused;
     }
     state.record(&request, Some(body.0.clone()));
@@ -469,7 +469,7 @@ async fn delete(
     key: web::Path<u64>,
 ) -> HttpResponse {
     let mut state = state.lock();
-    if let Err(refused) = state.authorize(&request) {
+    if let Some(refused) = state.refusal(&request) {
         return refused;
     }
     state.record(&request, None);
