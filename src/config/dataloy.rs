@@ -14,6 +14,8 @@ use super::{invalid, ConfigError};
 
 /// Shortest `dataloy.reconcile_interval`: a shorter one would hammer Dataloy's API.
 const MIN_RECONCILE_INTERVAL: Duration = Duration::from_millis(100);
+/// Longest `dataloy.reconcile_interval`: a deactivation would go unnoticed for longer.
+const MAX_RECONCILE_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 /// Longest accepted subscription name; it becomes a metric label.
 const MAX_NAME_CHARS: usize = 64;
 /// Request-body members the gateway sets from a subscription's own keys; `extra` may not replace
@@ -434,6 +436,50 @@ mod tests {
             .insert("channelInfo".into(), serde_json::json!({"url": "x"}));
         assert!(error_of(d, "a", s).contains("cannot set `channelInfo.url`"));
         assert!(error_of(d, "bad name", subscription()).contains("`subscriptions`"));
+    }
+
+    #[test]
+    fn a_declaration_loads_from_toml_with_extra_members_as_written_and_the_secret_from_the_environment(
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(
+            &path,
+            r#"
+[sinks.file]
+path = "events.jsonl"
+[dataloy]
+base_url = "https://dataloy.example"
+token_url = "https://auth.example/oauth/token"
+client_id = "gateway"
+reconcile_interval = "2m"
+[subscriptions.bunker-orders]
+object_type = "BunkerOrder"
+event_type = "U"
+url = "https://gateway.example/webhooks/dataloy"
+fields = '{"fields":["key","self"]}'
+[subscriptions.bunker-orders.extra]
+channelInfo = { channelType = { channelTypeCode = "HTTP" }, userName = "dataloy" }
+"#,
+        )
+        .unwrap();
+        let env = [(
+            "DATALOY_GATEWAY__DATALOY__CLIENT_SECRET".to_owned(),
+            "from-the-environment".to_owned(),
+        )];
+        let settings = crate::config::Settings::load_with_env(Some(&path), env).unwrap();
+        let dataloy = settings.dataloy.unwrap();
+        assert_eq!(
+            dataloy.client_secret.expose_secret(),
+            "from-the-environment"
+        );
+        assert_eq!(dataloy.reconcile_interval, Duration::from_secs(120));
+        let orders = &settings.subscriptions["bunker-orders"];
+        assert!(orders.do_not_unsubscribe, "the default");
+        assert_eq!(
+            serde_json::Value::Object(orders.extra.0.clone()),
+            serde_json::json!({"channelInfo": {"channelType": {"channelTypeCode": "HTTP"}, "userName": "dataloy"}})
+        );
     }
 
     #[test]

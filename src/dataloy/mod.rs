@@ -194,6 +194,8 @@ impl DataloyClient {
         let http = reqwest::Client::builder()
             .connect_timeout(settings.connect_timeout)
             .timeout(settings.request_timeout)
+            // A redirect would carry the secret or the token to wherever it points.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("dataloy-gateway/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| DataloyError::Client(e.to_string()))?;
