@@ -160,10 +160,12 @@ fn validate_dataloy(dataloy: &DataloySettings) -> Result<(), ConfigError> {
     if dataloy.client_secret.expose_secret().is_empty() {
         return Err(invalid("dataloy.client_secret", "is required"));
     }
-    if dataloy.reconcile_interval < MIN_RECONCILE_INTERVAL {
+    if dataloy.reconcile_interval < MIN_RECONCILE_INTERVAL
+        || dataloy.reconcile_interval > MAX_RECONCILE_INTERVAL
+    {
         return Err(invalid(
             "dataloy.reconcile_interval",
-            "must be at least 100ms",
+            "must be between 100ms and 24h",
         ));
     }
     if dataloy.retry_initial_backoff.is_zero()
@@ -404,6 +406,8 @@ mod tests {
         assert!(error_of(Some(&d), "a", subscription()).contains("`dataloy.client_secret`"));
         let mut d = dataloy();
         d.reconcile_interval = Duration::from_millis(10);
+        assert!(error_of(Some(&d), "a", subscription()).contains("`dataloy.reconcile_interval`"));
+        d.reconcile_interval = Duration::from_secs(2 * 24 * 3600);
         assert!(error_of(Some(&d), "a", subscription()).contains("`dataloy.reconcile_interval`"));
         let mut d = dataloy();
         d.time_zone_offset = "CET".into();
