@@ -58,11 +58,11 @@ python="$venv/bin/python"
 echo "== Prometheus rules and config"
 promtool check config deploy/prometheus/prometheus.yml
 promtool check rules deploy/prometheus/alerts.yml
-promtool test rules deploy/prometheus/alerts.test.yml
+promtool test rules deploy/prometheus/alerts.test.yml deploy/prometheus/tests/subscriptions.test.yml
 # Every alert in alerts.yml has a test naming it.
 for alert in $(sed -n 's/^ *- alert: *//p' deploy/prometheus/alerts.yml); do
-  grep -q "alertname: $alert\$" deploy/prometheus/alerts.test.yml \
-    || { echo "alert $alert has no unit test in alerts.test.yml" >&2; exit 1; }
+  grep -q "alertname: $alert\$" deploy/prometheus/alerts.test.yml deploy/prometheus/tests/subscriptions.test.yml \
+    || { echo "alert $alert has no unit test" >&2; exit 1; }
 done
 echo "every alert rule has unit tests"
 

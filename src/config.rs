@@ -12,6 +12,9 @@ use serde::Deserialize;
 
 use crate::sink::template::Template;
 
+mod dataloy;
+pub use dataloy::{DataloySettings, ExtraMembers, SubscriptionSettings, MANAGED_MEMBERS};
+
 /// Prefix of environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "DATALOY_GATEWAY";
 /// Longest `spool.commit_interval` accepted: the interval adds up to itself to answers under load.
@@ -56,6 +59,11 @@ pub struct Settings {
     pub sources: SourcesSettings,
     #[serde(default)]
     pub log: LogSettings,
+    /// How to reach Dataloy's REST API (for the subscription keeper and its commands).
+    pub dataloy: Option<DataloySettings>,
+    /// Webhook subscriptions the gateway keeps alive in Dataloy: `[subscriptions.NAME]`.
+    #[serde(default)]
+    pub subscriptions: BTreeMap<String, SubscriptionSettings>,
 }
 
 /// `[dead_letters]`: where notifications a sink refused for good are kept.
@@ -757,6 +765,7 @@ impl Settings {
         for (name, source) in &self.sources.websocket {
             validate_websocket(name, source)?;
         }
+        dataloy::validate(self.dataloy.as_ref(), &self.subscriptions)?;
         if !self.sinks.any() {
             return Err(invalid(
                 "sinks",

@@ -14,10 +14,15 @@
 //! - [`dead_letter`]: the durable store of notifications a sink refused for good.
 //! - [`sink`]: the `Sink` trait, routing templates and the sinks themselves.
 //! - [`websocket`]: the gateway as Dataloy's WebSocket client, a second source.
+//! - [`subscriptions`]: the keeper that makes Dataloy's webhook subscriptions match the
+//!   declared ones, through [`dataloy`], the REST client (token, `WebhookSubscription`).
+//! - [`cli`]: the command line (the server, and subcommands such as `subscriptions plan`).
 //! - [`metrics`], [`telemetry`]: Prometheus metrics and structured logs.
 
 pub mod auth;
+pub mod cli;
 pub mod config;
+pub mod dataloy;
 pub mod dead_letter;
 pub mod dedup;
 pub mod envelope;
@@ -29,5 +34,6 @@ pub mod routes;
 pub mod sink;
 pub mod spool;
 pub mod startup;
+pub mod subscriptions;
 pub mod telemetry;
 pub mod websocket;

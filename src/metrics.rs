@@ -3,6 +3,7 @@
 
 pub mod delivery;
 mod series;
+mod subscriptions;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +15,7 @@ use prometheus::{
 
 use series::{AcceptedByObjectType, PerSource};
 pub use series::{ClaimResult, DedupCall, DedupSeries};
+pub use subscriptions::SubscriptionSeries;
 
 const NAMESPACE: &str = "dataloy_gateway";
 /// Latency buckets in seconds, from 100 µs to 10 s.
@@ -124,6 +126,7 @@ pub struct Metrics {
     websocket_messages: IntCounterVec,
     pub dedup_commit_errors: IntCounter,
     pub delivery: delivery::DeliveryMetrics,
+    subscriptions: SubscriptionSeries,
 }
 
 impl Default for Metrics {
@@ -326,6 +329,8 @@ impl Metrics {
             "Durable notifications whose id could not be recorded as seen.",
         );
 
+        let subscriptions = SubscriptionSeries::register(&registry);
+
         let build_info = IntGaugeVec::new(
             Opts::new("build_info", "Version of the running gateway; always 1."),
             &["version"],
@@ -378,7 +383,13 @@ impl Metrics {
             dedup_commit_errors,
             delivery: delivery::DeliveryMetrics::new(&registry),
             registry,
+            subscriptions,
         }
+    }
+
+    /// The subscription keeper's series.
+    pub fn subscriptions(&self) -> &SubscriptionSeries {
+        &self.subscriptions
     }
 
     pub fn received(&self, source: Source) {

@@ -1,5 +1,6 @@
 //! Wiring: `Application::build` opens the spool, builds the dedup backend and sinks, binds both
-//! listeners (port 0 works, for tests) and starts the relay; `run_until_stopped` serves until
+//! listeners (port 0 works, for tests) and starts the relay (and the subscription keeper, when
+//! subscriptions are declared); `run_until_stopped` serves until
 //! SIGTERM/SIGINT or a [`StopHandle`], then shuts down in order: stop accepting, finish in-flight
 //! requests, stop the relay, flush the spool.
 
@@ -22,6 +23,7 @@ use crate::relay::Relay;
 use crate::routes::{error, health, metrics, webhook};
 use crate::sink::{self, Sink};
 use crate::spool::{Spool, SpoolOptions};
+use crate::subscriptions;
 use crate::websocket::WebSocketSource;
 
 pub struct Application {
@@ -35,6 +37,8 @@ pub struct Application {
     stop_relay: watch::Sender<bool>,
     source_tasks: Vec<tokio::task::JoinHandle<()>>,
     stop_sources: watch::Sender<bool>,
+    keeper: Option<tokio::task::JoinHandle<()>>,
+    stop_keeper: watch::Sender<bool>,
     stop_requested: watch::Sender<bool>,
     shutting_down: Arc<AtomicBool>,
 }
@@ -62,6 +66,8 @@ impl Application {
             metrics.register_sink(sink.name());
         }
         let dedup = dedup::build(&settings.dedup, &metrics).context("cannot set up dedup")?;
+        let keeper = subscriptions::keeper_if_configured(&settings, &metrics)
+            .context("cannot set up the subscription keeper")?;
 
         let spool = if settings.spool.enabled {
             let options = SpoolOptions {
@@ -171,7 +177,7 @@ impl Application {
 
         let shutting_down = Arc::new(AtomicBool::new(false));
         let admin_state = web::Data::new(metrics::AdminState {
-            metrics,
+            metrics: metrics.clone(),
             spool: spool.clone(),
             sinks: sinks.clone(),
             dedup,
@@ -193,6 +199,10 @@ impl Application {
         .listen(admin_listener)?
         .run();
 
+        // Started last: it calls Dataloy, which then calls this gateway.
+        let (stop_keeper, keeper_stopped) = watch::channel(false);
+        let keeper = keeper.map(|keeper| tokio::spawn(keeper.run(keeper_stopped)));
+
         tracing::info!(
             server = %settings.server.bind,
             port,
@@ -213,6 +223,8 @@ impl Application {
             stop_relay,
             source_tasks,
             stop_sources,
+            keeper,
+            stop_keeper,
             stop_requested,
             shutting_down,
         })
@@ -249,6 +261,10 @@ impl Application {
         }
 
         self.shutting_down.store(true, Ordering::Relaxed);
+        self.stop_keeper.send_replace(true);
+        if let Some(keeper) = self.keeper {
+            let _ = keeper.await;
+        }
         server_handle.stop(true).await;
         let _ = server.await;
         self.stop_sources.send_replace(true);

@@ -1,0 +1,385 @@
+//! One reconcile (list, then create, re-create, update and, with `prune`, delete) and the loop
+//! that runs it at start-up and every `reconcile_interval`, retrying sooner with backoff after a
+//! failure. It runs beside the webhook path and shares nothing with it but the metrics registry.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+use backon::BackoffBuilder;
+use chrono::{DateTime, FixedOffset, NaiveDateTime, SecondsFormat, Utc};
+use serde::Serialize;
+use tokio::sync::watch;
+
+use super::desired::DesiredSubscription;
+use super::plan::{Action, Plan};
+use crate::config::{DataloySettings, SubscriptionSettings};
+use crate::dataloy::{DataloyClient, DataloyError, Operation, RemoteSubscription, SubscriptionKey};
+use crate::metrics::Metrics;
+
+pub struct Keeper {
+    client: DataloyClient,
+    desired: Vec<DesiredSubscription>,
+    prune: bool,
+    time_zone: FixedOffset,
+    interval: Duration,
+    retry_initial_backoff: Duration,
+    metrics: Metrics,
+    /// When each declared subscription was last seen active: the start of its missed window if
+    /// Dataloy deactivates it without an `unsubscriptionDate`.
+    last_seen_active: parking_lot::Mutex<HashMap<String, SystemTime>>,
+}
+
+/// What one reconcile found and did.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub plan: Plan,
+    pub changes: Vec<ChangeResult>,
+}
+
+/// The outcome of one change.
+#[derive(Debug, Serialize)]
+pub struct ChangeResult {
+    /// `subscription NAME`, or `undeclared subscription KEY`.
+    pub subject: String,
+    pub action: &'static str,
+    /// Why it failed; `None` when Dataloy took the change.
+    pub error: Option<String>,
+    /// For a re-creation: the window whose notifications Dataloy never sent.
+    pub missed: Option<MissedWindow>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MissedWindow {
+    /// Dataloy's `unsubscriptionDate` as it gave it, else when this process last saw the
+    /// subscription active; `None` if neither is known.
+    pub from: Option<String>,
+    /// When the new subscription was created (UTC).
+    pub until: String,
+    pub seconds: Option<u64>,
+}
+
+impl Report {
+    pub fn failures(&self) -> impl Iterator<Item = &ChangeResult> {
+        self.changes.iter().filter(|c| c.error.is_some())
+    }
+}
+
+impl Keeper {
+    pub fn new(
+        settings: &DataloySettings,
+        subscriptions: &std::collections::BTreeMap<String, SubscriptionSettings>,
+        metrics: Metrics,
+    ) -> Result<Keeper, DataloyError> {
+        metrics.subscriptions().declare(
+            subscriptions.keys().map(String::as_str),
+            Operation::ALL.iter().map(|o| o.as_str()),
+        );
+        Ok(Keeper {
+            client: DataloyClient::new(settings)?,
+            desired: subscriptions
+                .iter()
+                .map(|(name, s)| DesiredSubscription::new(name, s))
+                .collect(),
+            prune: settings.prune,
+            time_zone: settings.time_zone(),
+            interval: settings.reconcile_interval,
+            retry_initial_backoff: settings.retry_initial_backoff,
+            metrics,
+            last_seen_active: parking_lot::Mutex::default(),
+        })
+    }
+
+    /// Every subscription Dataloy lists.
+    pub async fn list(&self) -> Result<Vec<RemoteSubscription>, DataloyError> {
+        self.client.list_subscriptions().await.inspect_err(|e| {
+            self.metrics
+                .subscriptions()
+                .reconcile_failed(e.operation().map_or("list", |o| o.as_str()));
+        })
+    }
+
+    /// The name of the declaration `remote` is an instance of, if any.
+    pub fn declared_name_of(&self, remote: &RemoteSubscription) -> Option<&str> {
+        self.desired
+            .iter()
+            .find(|d| d.matches(remote))
+            .map(|d| d.name.as_str())
+    }
+
+    /// What a reconcile would change now; changes nothing.
+    pub async fn plan(&self) -> Result<Plan, DataloyError> {
+        Ok(Plan::new(&self.desired, &self.list().await?, self.prune))
+    }
+
+    /// Lists Dataloy's subscriptions and makes them match the declared ones. `Err` when the list
+    /// failed; a failed change is in the report (the others are still made).
+    pub async fn reconcile(&self) -> Result<Report, DataloyError> {
+        let remote = self.list().await?;
+        let plan = Plan::new(&self.desired, &remote, self.prune);
+        let mut changes = Vec::new();
+        for (desired, planned) in self.desired.iter().zip(&plan.subscriptions) {
+            let name = desired.name.as_str();
+            let subject = format!("subscription {name}");
+            let active = match &planned.action {
+                Action::Unchanged { .. } => true,
+                Action::Update { key, .. } => {
+                    let body = desired.request.body(&desired.extra, true);
+                    let result = match key {
+                        Some(key) => self.client.update_subscription(key, &body).await,
+                        None => Err(keyless(Operation::Update)),
+                    };
+                    changes.push(self.finish(subject, "update", result, None));
+                    true
+                }
+                Action::Create => {
+                    let body = desired.request.body(&desired.extra, false);
+                    let result = self.client.create_subscription(&body).await;
+                    let created = result.is_ok();
+                    changes.push(self.finish(subject, "create", result, None));
+                    created
+                }
+                Action::Recreate {
+                    deactivated_key,
+                    unsubscription_date,
+                } => {
+                    let body = desired.request.body(&desired.extra, false);
+                    let result = self.client.create_subscription(&body).await;
+                    let created = result.is_ok();
+                    let missed = created.then(|| {
+                        self.report_missed_window(
+                            name,
+                            deactivated_key.as_ref(),
+                            unsubscription_date.as_deref(),
+                        )
+                    });
+                    changes.push(self.finish(subject, "recreate", result, missed));
+                    created
+                }
+            };
+            if active {
+                self.last_seen_active
+                    .lock()
+                    .insert(name.to_owned(), SystemTime::now());
+            }
+            self.metrics.subscriptions().set_active(name, active);
+        }
+        for undeclared in &plan.undeclared {
+            let key = undeclared.key.as_ref();
+            let subject = format!(
+                "undeclared subscription {}",
+                key.map_or("(no key)", |k| k.0.as_str())
+            );
+            if !undeclared.delete {
+                tracing::debug!(
+                    key = key.map(|k| k.0.as_str()),
+                    url = %undeclared.url,
+                    "an undeclared subscription delivers to this gateway; left alone (dataloy.prune is off)"
+                );
+                continue;
+            }
+            let result = match key {
+                Some(key) => self.client.delete_subscription(key).await,
+                None => Err(keyless(Operation::Delete)),
+            };
+            changes.push(self.finish(subject, "delete", result, None));
+        }
+        let report = Report { plan, changes };
+        if report.failures().next().is_none() {
+            let now = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default();
+            self.metrics.subscriptions().reconciled(now.as_secs_f64());
+        }
+        Ok(report)
+    }
+
+    /// Logs and counts one change's outcome.
+    fn finish(
+        &self,
+        subject: String,
+        action: &'static str,
+        result: Result<(), DataloyError>,
+        missed: Option<MissedWindow>,
+    ) -> ChangeResult {
+        let error = match result {
+            Ok(()) => {
+                if action != "recreate" {
+                    self.metrics.subscriptions().changed(action);
+                }
+                tracing::info!(subject, action, "changed a Dataloy subscription");
+                None
+            }
+            Err(e) => {
+                self.metrics
+                    .subscriptions()
+                    .reconcile_failed(e.operation().map_or(action, |o| o.as_str()));
+                tracing::warn!(subject, action, error = %e, "could not change a Dataloy subscription");
+                Some(e.to_string())
+            }
+        };
+        ChangeResult {
+            subject,
+            action,
+            error,
+            missed,
+        }
+    }
+
+    /// A deactivated subscription was just created anew: the notifications between its
+    /// deactivation and now were never sent. Warns with the window (so an operator knows what
+    /// to backfill) and counts it.
+    fn report_missed_window(
+        &self,
+        name: &str,
+        deactivated_key: Option<&SubscriptionKey>,
+        unsubscription_date: Option<&str>,
+    ) -> MissedWindow {
+        let now = SystemTime::now();
+        let from = match unsubscription_date {
+            Some(date) => parse_dataloy_time(date, self.time_zone),
+            None => self.last_seen_active.lock().get(name).copied(),
+        };
+        let seconds = from.map(|from| now.duration_since(from).unwrap_or_default().as_secs());
+        let window = MissedWindow {
+            from: unsubscription_date
+                .map(str::to_owned)
+                .or_else(|| from.map(utc_text)),
+            until: utc_text(now),
+            seconds,
+        };
+        self.metrics
+            .subscriptions()
+            .recreated(name, seconds.map(Duration::from_secs));
+        tracing::warn!(
+            subscription = name,
+            deactivated_key = deactivated_key.map(|k| k.0.as_str()),
+            missed_from = window.from.as_deref().unwrap_or("unknown"),
+            missed_until = %window.until,
+            missed_seconds = seconds,
+            "Dataloy had deactivated this subscription; it is re-created now, and the \
+             notifications in the missed window were never sent: backfill them"
+        );
+        window
+    }
+
+    /// Reconciles at once and then every `reconcile_interval` until `stop` turns true; after a
+    /// failure it retries sooner, backing off from `retry_initial_backoff` to the interval.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        tracing::info!(
+            subscriptions = self.desired.len(),
+            interval = %humantime::format_duration(self.interval),
+            "subscription keeper started"
+        );
+        let mut delays = None;
+        loop {
+            let succeeded = tokio::select! {
+                succeeded = self.reconcile_and_log() => succeeded,
+                _ = stop.wait_for(|stop| *stop) => return,
+            };
+            let wait = if succeeded {
+                delays = None;
+                self.interval
+            } else {
+                delays
+                    .get_or_insert_with(|| retry_delays(self.retry_initial_backoff, self.interval))
+                    .next()
+                    .unwrap_or(self.interval)
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.wait_for(|stop| *stop) => return,
+            }
+        }
+    }
+
+    async fn reconcile_and_log(&self) -> bool {
+        match self.reconcile().await {
+            Ok(report) => {
+                let failed = report.failures().count();
+                if failed > 0 {
+                    tracing::warn!(failed, "reconcile left Dataloy's subscriptions unlike the configuration; retrying with backoff");
+                } else if !report.changes.is_empty() {
+                    tracing::info!(
+                        changes = report.changes.len(),
+                        "Dataloy's subscriptions match the configuration again"
+                    );
+                }
+                failed == 0
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list Dataloy's subscriptions; retrying with backoff");
+                false
+            }
+        }
+    }
+}
+
+/// Delays between retries after failed reconciles: from `initial`, doubling with jitter, never
+/// longer than `interval`.
+fn retry_delays(initial: Duration, interval: Duration) -> impl Iterator<Item = Duration> {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(initial)
+        .with_max_delay(interval)
+        .with_jitter()
+        .without_max_times()
+        .build()
+        .map(move |delay| delay.min(interval))
+}
+
+fn keyless(operation: crate::dataloy::Operation) -> DataloyError {
+    DataloyError::InvalidResponse {
+        operation,
+        reason: "Dataloy listed this subscription without a key".into(),
+    }
+}
+
+/// A Dataloy timestamp: RFC 3339, or (as Dataloy writes them) a local date-time without zone,
+/// read in `time_zone`.
+fn parse_dataloy_time(text: &str, time_zone: FixedOffset) -> Option<SystemTime> {
+    if let Ok(time) = DateTime::parse_from_rfc3339(text) {
+        return Some(time.into());
+    }
+    let naive = NaiveDateTime::parse_from_str(text.trim(), "%Y-%m-%dT%H:%M:%S%.f").ok()?;
+    naive
+        .and_local_timezone(time_zone)
+        .single()
+        .map(SystemTime::from)
+}
+
+fn utc_text(time: SystemTime) -> String {
+    DateTime::<Utc>::from(time).to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dataloy_times_are_read_in_the_configured_zone() {
+        let utc = FixedOffset::east_opt(0).unwrap();
+        let cet = FixedOffset::east_opt(3600).unwrap();
+        let at = |text, zone| {
+            parse_dataloy_time(text, zone)
+                .unwrap()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+        };
+        assert_eq!(at("2016-09-14T13:37:26", utc), 1_473_860_246);
+        assert_eq!(at("2016-09-14T13:37:26", cet), 1_473_860_246 - 3600);
+        assert_eq!(at("2016-09-14T13:37:26.5", utc), 1_473_860_246);
+        assert_eq!(at("2016-09-14T13:37:26+02:00", utc), 1_473_860_246 - 7200);
+        assert_eq!(parse_dataloy_time("yesterday", utc), None);
+    }
+
+    #[test]
+    fn the_retry_delay_grows_from_the_initial_backoff_and_stays_within_the_interval() {
+        let initial = Duration::from_millis(100);
+        let interval = Duration::from_secs(2);
+        let mut delays = retry_delays(initial, interval);
+        let first: Vec<Duration> = delays.by_ref().take(5).collect();
+        assert!(first[0] >= initial && first[0] < initial * 2, "{first:?}");
+        assert!(first.windows(2).all(|w| w[0] < w[1]), "{first:?}");
+        assert!(delays.take(20).all(|d| d == interval));
+    }
+}
