@@ -393,7 +393,7 @@ fn is_dataloy_date_time(s: &str) -> bool {
     }
     match rest {
         [] | [b'Z'] => true,
-        [sign, h1, h2, b':', m1, m2] if matches!(sign, b'+' | b'-') => {
+        [b'+' | b'-', h1, h2, b':', m1, m2] => {
             let (h, m) = (
                 [h1, h2].iter().all(|c| c.is_ascii_digit()),
                 [m1, m2].iter().all(|c| c.is_ascii_digit()),

@@ -96,11 +96,17 @@ async fn under_steady_load_a_rabbitmq_restart_loses_nothing() {
     rabbitmqctl("stop_app");
     assert!(
         eventually(|| async {
-            app.metric("dataloy_gateway_sink_up{sink=\"rabbitmq\"}").await == 0.0
+            app.metric("dataloy_gateway_sink_up{sink=\"rabbitmq\"}")
+                .await
+                == 0.0
         })
         .await
     );
-    assert_eq!(app.ready_status().await, 200, "the spool absorbs the outage");
+    assert_eq!(
+        app.ready_status().await,
+        200,
+        "the spool absorbs the outage"
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     rabbitmqctl("start_app");
     tokio::time::sleep(Duration::from_millis(500)).await;

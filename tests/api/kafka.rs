@@ -193,13 +193,15 @@ async fn under_steady_load_a_frozen_broker_is_absorbed_and_nothing_is_lost() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     broker.signal("STOP");
     assert!(
-        eventually(|| async {
-            app.metric("dataloy_gateway_sink_up{sink=\"kafka\"}").await == 0.0
-        })
-        .await,
+        eventually(|| async { app.metric("dataloy_gateway_sink_up{sink=\"kafka\"}").await == 0.0 })
+            .await,
         "sink_up reports the hung broker"
     );
-    assert_eq!(app.ready_status().await, 200, "readiness stays: the spool absorbs it");
+    assert_eq!(
+        app.ready_status().await,
+        200,
+        "readiness stays: the spool absorbs it"
+    );
     broker.signal("CONT");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let sent = load.finish().await; // asserts 200 throughout
