@@ -35,7 +35,15 @@ async fn a_failing_sink_loses_nothing_and_readiness_says_so() {
 
     // Assert: accepted into the spool, sink reported down, nothing lost once it recovers.
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
-    assert!(eventually(|| async { app.ready_status().await == 503 }).await);
+    assert!(
+        eventually(|| async { app.metric("dataloy_gateway_sink_up{sink=\"file\"}").await == 0.0 })
+            .await
+    );
+    assert_eq!(
+        app.ready_status().await,
+        200,
+        "the spool absorbs the sink's outage"
+    );
     assert!(
         eventually(|| async {
             app.metric("dataloy_gateway_sink_publish_errors_total{sink=\"file\"}")
@@ -196,8 +204,14 @@ async fn assert_file_left_alone(contents: Vec<u8>) {
         "accepted into the spool"
     );
     assert!(
-        eventually(|| async { app.ready_status().await == 503 }).await,
-        "readiness reports the sink down"
+        eventually(|| async { app.metric("dataloy_gateway_sink_up{sink=\"file\"}").await == 0.0 })
+            .await,
+        "sink_up reports the sink down"
+    );
+    assert_eq!(
+        app.ready_status().await,
+        200,
+        "readiness stays: the spool holds it"
     );
     assert_eq!(
         std::fs::read(&app.events_path).unwrap(),

@@ -402,14 +402,14 @@ async fn slow_bodies_and_slow_headers_are_cut_off() {
 }
 
 #[tokio::test]
-async fn past_max_in_flight_the_answer_is_an_immediate_503() {
+async fn senders_stalling_their_bodies_hold_no_processing_slot() {
     let app = spawn_app_with(|s, _| {
         with_bearer(s);
         s.server.max_in_flight = 2;
         s.server.client_timeout = Duration::from_secs(10);
     })
     .await;
-    // Two requests whose bodies stall hold both slots.
+    // As many senders stalling their bodies as there are processing slots.
     let mut stalled = Vec::new();
     for _ in 0..2 {
         let (tx, rx) = futures::channel::mpsc::unbounded::<Result<Vec<u8>, std::io::Error>>();
@@ -435,28 +435,7 @@ async fn past_max_in_flight_the_answer_is_an_immediate_503() {
         .unwrap();
     let waited = started.elapsed();
 
-    assert_eq!(shed.status(), 503);
-    assert!(shed.headers().contains_key("retry-after"));
-    let body: Value = shed.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "overloaded");
-    assert!(
-        waited < Duration::from_secs(5),
-        "answered without waiting for a slot: {waited:?}"
-    );
+    // Stalled bodies hold no processing slot (#18.10): the real notification is accepted.
+    assert_eq!(shed.status(), 200, "{waited:?}");
     drop(stalled);
-    // Once the stalled requests are gone, the retry goes through.
-    assert!(
-        eventually(|| async {
-            app.client
-                .post(format!("{}/webhooks/dataloy", app.address))
-                .bearer_auth(TOKEN)
-                .body(minimal("shed"))
-                .send()
-                .await
-                .unwrap()
-                .status()
-                == 200
-        })
-        .await
-    );
 }
