@@ -162,11 +162,19 @@ impl Spool {
         )?;
         let relayed_by_all = settled.relayed_by_all();
         let sinks = settled.persist()?;
+        // A cursor or record at u64::MAX (only damage can put it there) would wrap the next
+        // sequence number to 0, and new records would hide behind the cursor: refuse instead.
         let next_seq = sinks
             .iter()
             .map(|s| s.acked.load(Ordering::Relaxed))
             .fold(last_seq, u64::max)
-            + 1;
+            .checked_add(1)
+            .ok_or_else(|| {
+                SpoolError::Io(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "a spool cursor or record holds the largest sequence number; the spool is damaged",
+                ))
+            })?;
         let (segments, spares) = recovery::apply(&options.dir, found, relayed_by_all, &metrics)?;
         warn_of_retired_gaps(&sinks, &segments, next_seq);
         let disk_bytes = segments.iter().map(|s| s.durable_len).sum();

@@ -149,8 +149,16 @@ pub fn decode(buf: &[u8], generation: u64) -> Result<(SpoolRecord, usize), Decod
         .and_then(EventType::from_code)
         .ok_or(DecodeError::Corrupt("bad event type"))?;
     let dataloy_object = cursor.u64()? as i64;
-    let has_subscription_key = cursor.take(1)?[0] == 1;
+    // Only what `encode` writes decodes: flag 1 with a key, or flag 0 with a zero key.
+    let has_subscription_key = match cursor.take(1)?[0] {
+        0 => false,
+        1 => true,
+        _ => return Err(DecodeError::Corrupt("bad subscription key flag")),
+    };
     let subscription_key = cursor.u64()? as i64;
+    if !has_subscription_key && subscription_key != 0 {
+        return Err(DecodeError::Corrupt("subscription key without its flag"));
+    }
     let id = cursor.text()?;
     let object_type = cursor.text()?;
     let event_time = cursor.text()?;
@@ -286,5 +294,28 @@ mod tests {
         encode(3, 7, &n, &mut buf).unwrap();
         let (record, len) = decode(&buf, 7).unwrap();
         assert_eq!((record.notification, len), (n, buf.len()));
+    }
+
+    /// Found by fuzzing: a checksummed record whose flag byte is neither 0 nor 1 decoded to a
+    /// notification that re-encoded to other bytes.
+    #[test]
+    fn only_the_subscription_flags_encode_writes_decode() {
+        let mut n = sample();
+        n.envelope.subscription_key = None;
+        let mut buf = Vec::new();
+        encode(1, 7, &n, &mut buf).unwrap();
+        let flag_at = HEADER_LEN + 8 + 8 + 8 + 1 + 8;
+        for (flag, key) in [(0xffu8, 0u64), (0, 5)] {
+            let mut bad = buf.clone();
+            bad[flag_at] = flag;
+            bad[flag_at + 1..flag_at + 9].copy_from_slice(&key.to_le_bytes());
+            let crc = crc32fast::hash(&bad[HEADER_LEN..]);
+            bad[4..8].copy_from_slice(&crc.to_le_bytes());
+            assert!(
+                matches!(decode(&bad, 7), Err(DecodeError::Corrupt(_))),
+                "flag {flag} key {key}"
+            );
+        }
+        assert!(decode(&buf, 7).is_ok());
     }
 }

@@ -354,3 +354,24 @@ async fn a_segment_file_it_cannot_read_stops_start_up_instead_of_being_cut_away(
         b"not written by this gateway version"
     );
 }
+
+/// Found by fuzzing: a cursor at u64::MAX wrapped the next sequence number to 0, so new records
+/// hid behind the cursor and were never relayed. It is refused as damage.
+#[tokio::test]
+async fn a_cursor_at_the_largest_sequence_number_is_refused_not_wrapped() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cursor"), u64::MAX.to_string()).unwrap();
+    let opened = Spool::open(
+        SpoolOptions {
+            dir: dir.path().to_owned(),
+            max_bytes: 64 << 20,
+            segment_bytes: 1 << 20,
+            commit_interval: Duration::ZERO,
+            missing_cursor: Default::default(),
+        },
+        &["relay"],
+        Metrics::new(),
+    );
+    let error = opened.err().expect("refused").to_string();
+    assert!(error.contains("largest sequence number"), "{error}");
+}
