@@ -91,3 +91,28 @@ pub async fn build_all(
     }
     Ok(sinks)
 }
+
+/// Builds only the sink named `name` (as [`Sink::name`] says it), if its table is present: what
+/// `dead-letters replay` publishes through.
+pub async fn build_named(
+    settings: &SinksSettings,
+    name: &str,
+    max_body_bytes: u64,
+    metrics: &Metrics,
+) -> anyhow::Result<Option<Arc<dyn Sink>>> {
+    Ok(match name {
+        "file" => match &settings.file {
+            Some(file) => Some(Arc::new(FileSink::new(file).await)),
+            None => None,
+        },
+        "kafka" => match &settings.kafka {
+            Some(kafka) => Some(Arc::new(KafkaSink::new(kafka, max_body_bytes)?)),
+            None => None,
+        },
+        "rabbitmq" => settings
+            .rabbitmq
+            .as_ref()
+            .map(|r| Arc::new(RabbitMqSink::new(r, metrics.clone())) as Arc<dyn Sink>),
+        _ => None,
+    })
+}

@@ -106,7 +106,7 @@ async fn with_unroutable_retry_an_unroutable_message_is_retried_until_a_queue_is
 }
 
 /// The notification of `object_type` with `id` (the documented sample, both replaced).
-fn of_type(object_type: &str, id: &str) -> Vec<u8> {
+pub fn of_type(object_type: &str, id: &str) -> Vec<u8> {
     String::from_utf8(sample_with_id(id))
         .unwrap()
         .replace(
