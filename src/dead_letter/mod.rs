@@ -506,4 +506,57 @@ mod tests {
         assert!(!dir.path().join(format!("x{TEMP_SUFFIX}")).exists());
         assert_eq!(store.select(None, None).unwrap(), vec![name]);
     }
+
+    #[test]
+    fn a_claimed_entry_is_busy_for_another_command_and_gone_once_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DeadLetterStore::open(dir.path(), 1 << 20).unwrap();
+        let name = store
+            .store(
+                "rabbitmq",
+                &notification("d"),
+                Reason::Unroutable,
+                "x",
+                ATTEMPTS,
+            )
+            .unwrap();
+        let other = DeadLetterStore::inspect(dir.path(), 1 << 20).unwrap();
+
+        let claim = store.claim(&name).unwrap();
+        assert!(matches!(other.claim(&name), Err(DeadLetterError::Busy(_))));
+        assert_eq!(claim.read().unwrap().meta.id, "d");
+        claim.remove().unwrap();
+
+        assert!(matches!(
+            other.claim(&name),
+            Err(DeadLetterError::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn room_freed_by_another_process_is_seen_before_the_store_counts_as_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = notification("e");
+        let store = DeadLetterStore::open(dir.path(), 1 << 20).unwrap();
+        let first = store
+            .store("kafka", &n, Reason::TooLarge, "big", ATTEMPTS)
+            .unwrap();
+        let one = store.used_bytes();
+        let store = DeadLetterStore::open(dir.path(), one + one / 2).unwrap();
+        assert!(matches!(
+            store.store("kafka", &n, Reason::TooLarge, "big", ATTEMPTS),
+            Err(DeadLetterError::Full { .. })
+        ));
+
+        // An operator's purge, in another process.
+        DeadLetterStore::inspect(dir.path(), 1 << 20)
+            .unwrap()
+            .remove(&first)
+            .unwrap();
+
+        store
+            .store("kafka", &n, Reason::TooLarge, "big", ATTEMPTS)
+            .unwrap();
+        assert_eq!(store.used_bytes(), one);
+    }
 }

@@ -256,7 +256,12 @@ async fn dead_letters_survive_sigkill_and_the_commands_work_on_that_spool() {
 
     let body = command(&config, &["dead-letters", "show", "kl-bol-1", "--body"]);
     assert!(body.status.success());
-    assert_eq!(body.stdout, bodies[0], "body byte for byte");
+    assert!(
+        body.stdout == bodies[0],
+        "body byte for byte: {} bytes shown, {} posted",
+        body.stdout.len(),
+        bodies[0].len()
+    );
     let shown = json(&config, &["dead-letters", "show", "kl-bol-2", "--json"]);
     assert_eq!(shown[0]["body"]["id"], "kl-bol-2");
     let missing = command(&config, &["dead-letters", "show", "no-such-id"]);
