@@ -60,7 +60,7 @@ pub fn inspect(dir: &Path, configured: &[&str]) -> io::Result<SpoolStatus> {
     if !dir.is_dir() {
         return Err(io::Error::new(
             io::ErrorKind::NotFound,
-            format!("spool.dir {} does not exist", dir.display()),
+            "the directory does not exist (no gateway has used this spool.dir yet)",
         ));
     }
     let gateway_running = is_locked(dir)?;
