@@ -394,36 +394,49 @@ async fn a_refusal_in_the_middle_of_a_batch_reports_what_came_after_it_so_nothin
 }
 
 #[tokio::test]
-async fn refusals_mixed_into_a_burst_go_to_dead_letters_and_every_other_notification_arrives_once()
+async fn refusals_mixed_into_a_batch_go_to_dead_letters_and_every_other_notification_arrives_once()
 {
-    // Arrange
-    let exchange = unique("x-burst");
+    // Arrange: the sink reaches RabbitMQ through a port nobody listens on yet, so the
+    // notifications wait in the spool and the relay reads them as one mixed batch.
+    let exchange = unique("x-batch");
     let port_calls = bind_queue(&exchange, "PortCall.*").await;
-    let app = spawn_app_with(|s, _| with_rabbitmq(s, &exchange)).await;
-
-    // Act: 40 notifications at once, every other one unroutable, so batches mix them.
-    let posts = (0..40).map(|i| {
+    let port = free_port();
+    let app = spawn_app_with(|s, _| {
+        with_rabbitmq(s, &exchange);
+        s.sinks.rabbitmq.as_mut().unwrap().uri =
+            SecretString::from(format!("amqp://guest:guest@127.0.0.1:{port}/%2f"));
+    })
+    .await;
+    for i in 0..40 {
         let body = if i % 2 == 0 {
-            sample_with_id(&format!("burst-pc-{i}"))
+            sample_with_id(&format!("batch-pc-{i}"))
         } else {
-            of_type("BunkerOrderLine", &format!("burst-bol-{i}"))
+            of_type("BunkerOrderLine", &format!("batch-bol-{i}"))
         };
-        app.post(body)
-    });
-    for answer in futures::future::join_all(posts).await {
-        assert_eq!(answer.status(), 200);
+        assert_eq!(app.post(body).await.status(), 200);
     }
 
-    // Assert: each PortCall once; each BunkerOrderLine in dead letters once.
+    // Act: RabbitMQ becomes reachable.
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect("127.0.0.1:5672").await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+
+    // Assert: each PortCall once, in order; each BunkerOrderLine in dead letters once.
     let got = drain(&port_calls, 20, Duration::from_secs(30)).await;
-    let mut ids: Vec<String> = got.iter().map(message_id).collect();
-    ids.sort();
-    let mut expected: Vec<String> = (0..40)
+    let expected: Vec<String> = (0..40)
         .step_by(2)
-        .map(|i| format!("burst-pc-{i}"))
+        .map(|i| format!("batch-pc-{i}"))
         .collect();
-    expected.sort();
-    assert_eq!(ids, expected, "each once");
+    assert_eq!(got.iter().map(message_id).collect::<Vec<_>>(), expected);
     assert!(
         eventually(|| async { app.metric("dataloy_gateway_spool_depth_records").await == 0.0 })
             .await
