@@ -104,8 +104,7 @@ async fn after_a_queue_is_bound_replay_delivers_the_dead_letter_once_and_to_that
     );
     let unroutable = of_type("BunkerOrderLine", "rp-bol-1");
     assert_eq!(app.post(unroutable.clone()).await.status(), 200);
-    // Dealt with before the next ones arrive: a refusal in the middle of a batch makes the relay
-    // publish the rest of that batch again (reported; not what this test is about).
+    // Stored before the next ones arrive.
     assert!(
         eventually(|| async { count(&json(&config, &["dead-letters", "list", "--json"])) == 1 })
             .await
@@ -218,8 +217,7 @@ async fn dead_letters_survive_sigkill_and_the_commands_work_on_that_spool() {
         sample_with_id("kl-pc-1"),
         of_type("BunkerOrderLine", "kl-bol-2"),
     ];
-    // One at a time, each dealt with before the next: a refusal in the middle of a batch makes
-    // the relay publish the rest of that batch again (reported; not what this test is about).
+    // One at a time, each dealt with before the next, so the entries are stored in this order.
     for (index, body) in bodies.iter().enumerate() {
         let answer = client
             .post(format!("http://127.0.0.1:{port}/webhooks/dataloy"))
