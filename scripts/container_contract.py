@@ -13,9 +13,11 @@ capabilities and no_new_privs, in a network namespace of its own (so the image's
 Two runs, as root (namespaces need it):
   image   deploy/config/container.toml, a Kafka sink whose broker is not there (the spool
           absorbs it): both listeners bound to 0.0.0.0 and reachable through 127.0.0.1, a
-          notification accepted onto the volume, /metrics, SIGTERM -> exit 0 in the grace.
+          notification accepted onto the volume, /metrics, /health/ready 200 with the sink
+          reported down, SIGTERM -> exit 0 in the grace.
   pod     the rendered ConfigMap's gateway.toml with a Kafka broker that accepts connections
-          and never answers (the worst shutdown: a publish in flight), SIGTERM -> exit 0 before
+          and never answers (the worst shutdown: a publish in flight), /health/ready 200 with
+          the sink reported down, SIGTERM -> exit 0 before
           terminationGracePeriodSeconds minus the preStop pause.
 
 Both run at once, each in its own namespaces.
@@ -214,7 +216,16 @@ def case(name, work, binary, contract, config_text, extra_env, fixture, grace_se
         spool_files = [p for p in volume.rglob("*") if p.is_file()]
         if not spool_files or any(p.stat().st_uid != int(contract["user"].split(":")[0]) for p in spool_files):
             fail(f"the spool is not on the volume, owned by the image's user: {spool_files}", log)
+        # Readiness means "a notification sent now would be made durable": the spool absorbs the
+        # missing (or silent) broker, so the pod stays in its Service; the sink shows as down.
         ready, ready_body = http("GET", f"{admin}/health/ready")
+        try:
+            checks = json.loads(ready_body).get("checks", {})
+        except ValueError:
+            checks = {}
+        if ready != 200 or checks.get("spool") != "ok" or checks.get("sink:kafka") != "down":
+            fail(f"/health/ready answered {ready} {ready_body[:200]!r} with the Kafka broker away; "
+                 "expected 200 with spool ok and sink:kafka down", log)
         rss_mib = int(process_status(gateway.pid)["VmRSS"].split()[0]) / 1024
         print(f"   live; webhook and admin on 0.0.0.0 ({ports['server']}, {ports['admin']}), reached via 127.0.0.1; "
               f"uid {contract['user']}, no capabilities, read-only root; notification accepted onto the volume "

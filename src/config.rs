@@ -351,6 +351,23 @@ pub struct SinksSettings {
     pub rabbitmq: Option<RabbitMqSinkSettings>,
 }
 
+impl SinksSettings {
+    /// The names of the sinks that are on, as the sinks call themselves (cursor files, labels).
+    pub fn names(&self) -> Vec<&'static str> {
+        let mut names = Vec::new();
+        if self.file.is_some() {
+            names.push("file");
+        }
+        if self.kafka.is_some() {
+            names.push("kafka");
+        }
+        if self.rabbitmq.is_some() {
+            names.push("rabbitmq");
+        }
+        names
+    }
+}
+
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum RabbitMqExchangeKind {

@@ -16,7 +16,8 @@
 //! - [`websocket`]: the gateway as Dataloy's WebSocket client, a second source.
 //! - [`subscriptions`]: the keeper that makes Dataloy's webhook subscriptions match the
 //!   declared ones, through [`dataloy`], the REST client (token, `WebhookSubscription`).
-//! - [`cli`]: the command line (the server, and subcommands such as `subscriptions plan`).
+//! - [`cli`]: the command line (the server, and subcommands: `subscriptions plan`,
+//!   `dead-letters replay`, `spool status`, …).
 //! - [`metrics`], [`telemetry`]: Prometheus metrics and structured logs.
 
 pub mod auth;

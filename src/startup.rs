@@ -185,6 +185,7 @@ impl Application {
             max_body_bytes: settings.server.max_body_bytes.bytes(),
             shutting_down: shutting_down.clone(),
             relay_running,
+            dead_letters: dead_letters.clone(),
         });
         let admin = HttpServer::new(move || {
             App::new()

@@ -13,9 +13,14 @@ pub fn init(settings: &LogSettings) {
 }
 
 /// Installs a subcommand's subscriber: warnings and errors (unless `RUST_LOG` says otherwise),
-/// on stderr.
+/// on stderr. lapin's warning for a returned message dumps the whole body; a command reports
+/// the refusal itself.
 pub fn init_for_command(settings: &LogSettings) {
-    install(settings, "warn", std::io::stderr);
+    install(
+        settings,
+        "warn,lapin::returned_messages=error",
+        std::io::stderr,
+    );
 }
 
 fn install<W>(settings: &LogSettings, level: &str, writer: W)

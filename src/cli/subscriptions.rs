@@ -3,13 +3,12 @@
 //! to stderr.
 
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
-use super::{EXIT_CONFIG, EXIT_FAILED};
+use super::{print, EXIT_CONFIG, EXIT_FAILED};
 use crate::config::Settings;
 use crate::dataloy::RemoteSubscription;
 use crate::metrics::Metrics;
@@ -147,19 +146,6 @@ fn pending(plan: &Plan) -> Vec<String> {
 fn failed(command: &str, error: &dyn std::error::Error) -> ExitCode {
     eprintln!("dataloy-gateway: {command}: {error}");
     ExitCode::from(EXIT_FAILED)
-}
-
-/// Writes `value` as JSON, or the text `human` makes. A closed stdout is not an error worth
-/// reporting.
-fn print<T: Serialize>(json: bool, value: &T, human: impl FnOnce() -> String) {
-    let text = if json {
-        let mut text = serde_json::to_string_pretty(value).expect("serializable");
-        text.push('\n');
-        text
-    } else {
-        human()
-    };
-    let _ = std::io::stdout().write_all(text.as_bytes());
 }
 
 fn plan_text(plan: &Plan) -> String {

@@ -13,8 +13,9 @@
 
 mod entry;
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -41,6 +42,8 @@ pub enum DeadLetterError {
     NotFound(String),
     #[error("dead letter {path} is damaged: {why}")]
     Damaged { path: PathBuf, why: String },
+    #[error("dead letter `{0}` is being replayed or purged by another process")]
+    Busy(String),
 }
 
 /// Why a sink refused a notification for good; stable, low-cardinality codes.
@@ -92,30 +95,62 @@ pub struct DeadLetterStore {
 }
 
 impl DeadLetterStore {
-    /// Opens (or creates) the store; temporary files of an interrupted write are removed.
+    /// Opens (or creates) the store for the gateway; temporary files of an interrupted write
+    /// are removed (the spool's directory lock makes this process the only writer).
     pub fn open(dir: &Path, max_bytes: u64) -> Result<Self, DeadLetterError> {
         let io = |source| DeadLetterError::Io {
             dir: dir.to_owned(),
             source,
         };
         fs::create_dir_all(dir).map_err(io)?;
-        let mut used = 0;
         for entry in fs::read_dir(dir).map_err(io)? {
             let entry = entry.map_err(io)?;
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            if name.ends_with(TEMP_SUFFIX) {
+            if entry.file_name().to_string_lossy().ends_with(TEMP_SUFFIX) {
                 let _ = fs::remove_file(entry.path());
-            } else if name.ends_with(SUFFIX) {
-                used += entry.metadata().map_err(io)?.len();
             }
         }
-        Ok(Self {
+        Self::inspect(dir, max_bytes)
+    }
+
+    /// Opens the store for an operator's command, which may run beside a gateway: nothing is
+    /// created or cleaned up (a temporary file may be the gateway's write in progress). A
+    /// missing directory is an empty store.
+    pub fn inspect(dir: &Path, max_bytes: u64) -> Result<Self, DeadLetterError> {
+        let store = Self {
             dir: dir.to_owned(),
             max_bytes,
-            used: AtomicU64::new(used),
+            used: AtomicU64::new(0),
             counter: AtomicU64::new(0),
-        })
+        };
+        store.recount()?;
+        Ok(store)
+    }
+
+    /// Counts the bytes the entries take again, from the directory: entries replayed or purged
+    /// by an operator's command are no longer counted. Returns the new figure.
+    pub fn recount(&self) -> Result<u64, DeadLetterError> {
+        let io = |source| DeadLetterError::Io {
+            dir: self.dir.clone(),
+            source,
+        };
+        let mut used = 0;
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.used.store(0, Ordering::Relaxed);
+                return Ok(0);
+            }
+            Err(e) => return Err(io(e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(io)?;
+            if entry.file_name().to_string_lossy().ends_with(SUFFIX) {
+                // An entry removed meanwhile no longer counts.
+                used += entry.metadata().map(|m| m.len()).unwrap_or(0);
+            }
+        }
+        self.used.store(used, Ordering::Relaxed);
+        Ok(used)
     }
 
     pub fn dir(&self) -> &Path {
@@ -138,7 +173,11 @@ impl DeadLetterStore {
     ) -> Result<String, DeadLetterError> {
         let meta = DeadLetterMeta::new(sink, notification, reason, error, attempts);
         let bytes = entry::encode(&meta, &notification.body);
-        let used = self.used.load(Ordering::Relaxed);
+        let mut used = self.used.load(Ordering::Relaxed);
+        if used + bytes.len() as u64 > self.max_bytes {
+            // An operator may have replayed or purged entries since the last count.
+            used = self.recount()?;
+        }
         if used + bytes.len() as u64 > self.max_bytes {
             return Err(DeadLetterError::Full {
                 dir: self.dir.clone(),
@@ -197,7 +236,12 @@ impl DeadLetterStore {
             source,
         };
         let mut names = Vec::new();
-        for entry in fs::read_dir(&self.dir).map_err(io)? {
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(names),
+            Err(e) => return Err(io(e)),
+        };
+        for entry in entries {
             let name = entry.map_err(io)?.file_name();
             if let Some(stem) = name.to_string_lossy().strip_suffix(SUFFIX) {
                 names.push(stem.to_owned());
@@ -255,7 +299,8 @@ impl DeadLetterStore {
         }
     }
 
-    /// Entry names selected by id and sink (both optional), oldest first.
+    /// Entry names selected by id (a notification id or an entry name) and sink (both
+    /// optional), oldest first.
     pub fn select(
         &self,
         id: Option<&str>,
@@ -265,13 +310,95 @@ impl DeadLetterStore {
         names.sort();
         names.retain(|name| match self.read(name) {
             Ok(entry) => {
-                id.is_none_or(|id| entry.meta.id == id)
+                id.is_none_or(|id| entry.meta.id == id || name == id)
                     && sink.is_none_or(|sink| entry.meta.sink == sink)
             }
-            // A damaged entry matches only a selection of everything, so purge can remove it.
-            Err(_) => id.is_none() && sink.is_none_or(|sink| name.ends_with(&format!("-{sink}"))),
+            // A damaged entry matches its name, or a selection of everything, so purge can
+            // remove it.
+            Err(_) => {
+                id.is_none_or(|id| name == id)
+                    && sink.is_none_or(|sink| name.ends_with(&format!("-{sink}")))
+            }
         });
         Ok(names)
+    }
+
+    /// When the entry was stored (its file's modification time), in milliseconds since the
+    /// Unix epoch.
+    pub fn stored_at_ms(&self, name: &str) -> Result<u64, DeadLetterError> {
+        let modified = fs::metadata(self.path(name))
+            .and_then(|m| m.modified())
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::NotFound => DeadLetterError::NotFound(name.to_owned()),
+                _ => DeadLetterError::Io {
+                    dir: self.dir.clone(),
+                    source: e,
+                },
+            })?;
+        Ok(modified
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64))
+    }
+
+    /// Takes an entry for this process alone while it replays or purges it: an exclusive
+    /// `flock` on the entry's file, which another command's claim sees (`Busy`) and the kernel
+    /// releases however this process ends. An entry removed by the previous holder between
+    /// this process finding it and locking it is `NotFound`, so it is never replayed twice.
+    pub fn claim(&self, name: &str) -> Result<Claim<'_>, DeadLetterError> {
+        if name.contains('/') || name.contains("..") {
+            return Err(DeadLetterError::NotFound(name.to_owned()));
+        }
+        let path = self.path(name);
+        let io = |source| DeadLetterError::Io {
+            dir: self.dir.clone(),
+            source,
+        };
+        let file = match File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(DeadLetterError::NotFound(name.to_owned()))
+            }
+            Err(e) => return Err(io(e)),
+        };
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => return Err(DeadLetterError::Busy(name.to_owned())),
+            Err(TryLockError::Error(e)) => return Err(io(e)),
+        }
+        let locked = file.metadata().map_err(io)?;
+        let same_file = fs::metadata(&path)
+            .is_ok_and(|now| now.dev() == locked.dev() && now.ino() == locked.ino());
+        if !same_file {
+            return Err(DeadLetterError::NotFound(name.to_owned()));
+        }
+        Ok(Claim {
+            store: self,
+            name: name.to_owned(),
+            _file: file,
+        })
+    }
+}
+
+/// An entry claimed by this process (see [`DeadLetterStore::claim`]); dropping it releases it.
+pub struct Claim<'a> {
+    store: &'a DeadLetterStore,
+    name: String,
+    _file: File,
+}
+
+impl Claim<'_> {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The whole entry.
+    pub fn read(&self) -> Result<DeadLetter, DeadLetterError> {
+        self.store.read(&self.name)
+    }
+
+    /// Removes the entry, durably, while still holding it.
+    pub fn remove(self) -> Result<(), DeadLetterError> {
+        self.store.remove(&self.name)
     }
 }
 
@@ -378,5 +505,58 @@ mod tests {
         ));
         assert!(!dir.path().join(format!("x{TEMP_SUFFIX}")).exists());
         assert_eq!(store.select(None, None).unwrap(), vec![name]);
+    }
+
+    #[test]
+    fn a_claimed_entry_is_busy_for_another_command_and_gone_once_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DeadLetterStore::open(dir.path(), 1 << 20).unwrap();
+        let name = store
+            .store(
+                "rabbitmq",
+                &notification("d"),
+                Reason::Unroutable,
+                "x",
+                ATTEMPTS,
+            )
+            .unwrap();
+        let other = DeadLetterStore::inspect(dir.path(), 1 << 20).unwrap();
+
+        let claim = store.claim(&name).unwrap();
+        assert!(matches!(other.claim(&name), Err(DeadLetterError::Busy(_))));
+        assert_eq!(claim.read().unwrap().meta.id, "d");
+        claim.remove().unwrap();
+
+        assert!(matches!(
+            other.claim(&name),
+            Err(DeadLetterError::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn room_freed_by_another_process_is_seen_before_the_store_counts_as_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = notification("e");
+        let store = DeadLetterStore::open(dir.path(), 1 << 20).unwrap();
+        let first = store
+            .store("kafka", &n, Reason::TooLarge, "big", ATTEMPTS)
+            .unwrap();
+        let one = store.used_bytes();
+        let store = DeadLetterStore::open(dir.path(), one + one / 2).unwrap();
+        assert!(matches!(
+            store.store("kafka", &n, Reason::TooLarge, "big", ATTEMPTS),
+            Err(DeadLetterError::Full { .. })
+        ));
+
+        // An operator's purge, in another process.
+        DeadLetterStore::inspect(dir.path(), 1 << 20)
+            .unwrap()
+            .remove(&first)
+            .unwrap();
+
+        store
+            .store("kafka", &n, Reason::TooLarge, "big", ATTEMPTS)
+            .unwrap();
+        assert_eq!(store.used_bytes(), one);
     }
 }

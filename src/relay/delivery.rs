@@ -74,7 +74,7 @@ impl Delivery<'_> {
                 _ = shutdown.wait_for(|stop| *stop) => return false,
             };
             head.record();
-            let failure = match outcome {
+            let (failure, settled_after) = match outcome {
                 Ok(Ok(())) => {
                     self.metrics
                         .sink_published(name, end - done, started.elapsed());
@@ -95,7 +95,7 @@ impl Delivery<'_> {
                     if done == end {
                         continue;
                     }
-                    e.source
+                    (e.source, e.settled_after)
                 }
                 Err(panic) => {
                     self.metrics.delivery.panicked(name);
@@ -111,13 +111,20 @@ impl Delivery<'_> {
                         one_at_a_time = true;
                         continue;
                     }
-                    SinkError::refused(Reason::SinkPanic, format!("the sink panicked: {message}"))
+                    (
+                        SinkError::refused(
+                            Reason::SinkPanic,
+                            format!("the sink panicked: {message}"),
+                        ),
+                        Vec::new(),
+                    )
                 }
             };
             if let SinkError::Refused { reason, detail } = &failure {
                 if self.dead_letter(&batch[done], *reason, detail, &head) {
                     done += 1;
                     head = HeadAttempts::default();
+                    done = self.settle_after(batch, done, end, settled_after, started);
                     continue;
                 }
             } else {
@@ -138,6 +145,39 @@ impl Delivery<'_> {
             backoff = (backoff * 2).min(self.settings.retry_max_backoff);
         }
         true
+    }
+
+    /// Counts what the sink had already dealt with after a refusal (see
+    /// `PublishError::settled_after`): delivered, or refused for good and stored in dead
+    /// letters, so none of it is sent again. Returns the new `done`; it stops at a refusal that
+    /// cannot be stored (retried from there).
+    fn settle_after(
+        &self,
+        batch: &[Notification],
+        mut done: usize,
+        end: usize,
+        settled_after: Vec<Result<(), SinkError>>,
+        started: Instant,
+    ) -> usize {
+        let name = self.sink.name();
+        for settled in settled_after {
+            if done >= end {
+                break;
+            }
+            match settled {
+                Ok(()) => self.metrics.sink_published(name, 1, started.elapsed()),
+                Err(SinkError::Refused { reason, detail }) => {
+                    let mut head = HeadAttempts::default();
+                    head.record();
+                    if !self.dead_letter(&batch[done], reason, &detail, &head) {
+                        break;
+                    }
+                }
+                Err(_) => break,
+            }
+            done += 1;
+        }
+        done
     }
 
     /// Stores a refused notification in dead letters; false if it could not be stored (the

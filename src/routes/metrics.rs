@@ -23,6 +23,8 @@ pub struct AdminState {
     pub shutting_down: ShuttingDown,
     /// The relay's running flag (false while it restarts after a panic); none without a spool.
     pub relay_running: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// Counted again from its directory at each scrape: operator commands remove entries.
+    pub dead_letters: Arc<crate::dead_letter::DeadLetterStore>,
 }
 
 pub async fn render(state: web::Data<AdminState>) -> HttpResponse {
@@ -31,6 +33,9 @@ pub async fn render(state: web::Data<AdminState>) -> HttpResponse {
     }
     for sink in &state.sinks {
         state.metrics.set_sink_up(sink.name(), sink.is_up());
+    }
+    if let Ok(bytes) = state.dead_letters.recount() {
+        state.metrics.delivery.dead_letter_bytes.set(bytes as i64);
     }
     if let Some(entries) = state.dedup.entry_count() {
         state.metrics.dedup_entries.set(entries as i64);

@@ -308,7 +308,7 @@ impl Sink for KafkaSink {
         if producer.client().fatal_error().is_some() {
             self.stale.store(true, Ordering::Relaxed);
         }
-        Err(PublishError { confirmed, source })
+        Err(PublishError::after(confirmed, source))
     }
 
     fn is_up(&self) -> bool {

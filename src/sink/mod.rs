@@ -43,20 +43,30 @@ impl SinkError {
 }
 
 /// A failed batch: the first `confirmed` notifications were delivered, the one after them
-/// failed with `source`, and the rest were not delivered.
+/// failed with `source`. When `source` is a refusal for good, `settled_after` holds what became
+/// of the notifications right after it that the destination had already dealt with (delivered,
+/// or refused for good too), in order: they must not be sent again. The rest were not
+/// delivered.
 #[derive(Debug, thiserror::Error)]
 #[error("{source} (after {confirmed} confirmed)")]
 pub struct PublishError {
     pub confirmed: usize,
     #[source]
     pub source: SinkError,
+    pub settled_after: Vec<Result<(), SinkError>>,
 }
 
 impl PublishError {
     pub fn none_confirmed(source: impl Into<SinkError>) -> Self {
+        Self::after(0, source.into())
+    }
+
+    /// `confirmed` delivered, then `source`; nothing known after it.
+    pub fn after(confirmed: usize, source: SinkError) -> Self {
         Self {
-            confirmed: 0,
-            source: source.into(),
+            confirmed,
+            source,
+            settled_after: Vec::new(),
         }
     }
 }
@@ -90,4 +100,29 @@ pub async fn build_all(
         sinks.push(Arc::new(RabbitMqSink::new(rabbitmq, metrics.clone())));
     }
     Ok(sinks)
+}
+
+/// Builds only the sink named `name` (as [`Sink::name`] says it), if its table is present: what
+/// `dead-letters replay` publishes through.
+pub async fn build_named(
+    settings: &SinksSettings,
+    name: &str,
+    max_body_bytes: u64,
+    metrics: &Metrics,
+) -> anyhow::Result<Option<Arc<dyn Sink>>> {
+    Ok(match name {
+        "file" => match &settings.file {
+            Some(file) => Some(Arc::new(FileSink::new(file).await)),
+            None => None,
+        },
+        "kafka" => match &settings.kafka {
+            Some(kafka) => Some(Arc::new(KafkaSink::new(kafka, max_body_bytes)?)),
+            None => None,
+        },
+        "rabbitmq" => settings
+            .rabbitmq
+            .as_ref()
+            .map(|r| Arc::new(RabbitMqSink::new(r, metrics.clone())) as Arc<dyn Sink>),
+        _ => None,
+    })
 }

@@ -278,9 +278,13 @@ impl Sink for RabbitMqSink {
                 }
             }
         }
-        // Only the leading confirmed messages count: the relay resends from the first failure.
+        // Only the leading confirmed messages count as confirmed. A refusal for good does not
+        // stop the count of what follows: those messages were published all the same, and
+        // their outcomes go back in `settled_after`, so the relay does not send them again. A
+        // transient failure stops it: the relay resends from there.
         let mut confirmed = 0;
         let mut failure = None;
+        let mut settled_after = Vec::new();
         let deadline = tokio::time::Instant::now() + inner.settings.confirm_timeout;
         for (index, (confirm, routing_key)) in confirms.into_iter().enumerate() {
             let outcome = match tokio::time::timeout_at(deadline, confirm).await {
@@ -297,19 +301,25 @@ impl Sink for RabbitMqSink {
                     // A broker that stopped answering: drop the link, so the retry reconnects.
                     *guard = None;
                     inner.set_up(false, "RabbitMQ stopped confirming");
-                    failure = Some(SinkError::Unavailable(format!(
+                    failure.get_or_insert(SinkError::Unavailable(format!(
                         "no confirm within sinks.rabbitmq.confirm_timeout ({:?})",
                         inner.settings.confirm_timeout
                     )));
                     break;
                 }
             };
-            match outcome {
-                Ok(()) => confirmed += 1,
-                Err(e) => {
+            match (outcome, &failure) {
+                (Ok(()), None) => confirmed += 1,
+                (Err(e), None) => {
+                    let refused = matches!(e, SinkError::Refused { .. });
                     failure = Some(e);
-                    break;
+                    if !refused {
+                        break;
+                    }
                 }
+                (Ok(()), Some(_)) => settled_after.push(Ok(())),
+                (Err(e @ SinkError::Refused { .. }), Some(_)) => settled_after.push(Err(e)),
+                (Err(_), Some(_)) => break,
             }
         }
         let Some(source) = failure.or(stopped) else {
@@ -321,7 +331,11 @@ impl Sink for RabbitMqSink {
             *guard = None;
             inner.set_up(false, "RabbitMQ connection lost");
         }
-        Err(PublishError { confirmed, source })
+        Err(PublishError {
+            confirmed,
+            source,
+            settled_after,
+        })
     }
 
     fn is_up(&self) -> bool {

@@ -15,6 +15,7 @@ pub mod record;
 mod recovery;
 mod scan;
 mod segment;
+pub mod status;
 mod writer;
 
 use std::fs;

@@ -33,7 +33,7 @@ use super::{MissingCursor, SpoolError};
 
 /// The cursor file of versions that had one cursor for all sinks.
 const LEGACY_CURSOR: &str = "cursor";
-const CURSOR_PREFIX: &str = "cursor.";
+pub const CURSOR_PREFIX: &str = "cursor.";
 const MANIFEST: &str = "sinks";
 /// Longest sink name; names become file names.
 const MAX_NAME_LEN: usize = 64;

@@ -4,14 +4,15 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use dataloy_gateway::config::{KafkaSinkSettings, Settings};
+use dataloy_gateway::config::{KafkaSinkSettings, ServerSettings, Settings};
+use dataloy_gateway::dead_letter::DeadLetterStore;
 use rdkafka::message::Message;
 use serde_json::Value;
 
 use crate::helpers::*;
 use crate::kafka_broker::*;
 
-fn kafka_settings(brokers: &str, topic_prefix: &str) -> KafkaSinkSettings {
+pub fn kafka_settings(brokers: &str, topic_prefix: &str) -> KafkaSinkSettings {
     KafkaSinkSettings {
         brokers: brokers.to_owned(),
         topic: format!("{topic_prefix}.{{objectType}}"),
@@ -296,4 +297,41 @@ async fn an_unknown_librdkafka_property_stops_start_up_with_the_key_named() {
 
     assert!(error.contains("sinks.kafka.properties"), "{error}");
     assert!(error.contains("no.such.property"), "{error}");
+}
+
+#[tokio::test]
+async fn a_body_just_under_max_body_bytes_is_delivered_and_the_ones_after_it_too() {
+    // Arrange: a body 16 bytes under server.max_body_bytes (1 MiB by default, above librdkafka's
+    // default message.max.bytes of 1,000,000).
+    let brokers = brokers();
+    let prefix = unique("t-large");
+    let topic = format!("{prefix}.PortCall");
+    create_topic(&brokers, &topic, 1).await;
+    let app = spawn_app_with(|s, _| with_kafka(s, &brokers, &prefix)).await;
+    let max = ServerSettings::default().max_body_bytes.bytes() as usize;
+    let envelope = |filler: &str| {
+        format!(
+            r#"{{"id":"big-1","eventTime":"2016-09-14T13:37:26","objectType":"PortCall","eventType":"U","dataloyObject":1,"subscription":{{"key":7}},"resource":{{"filler":"{filler}"}}}}"#
+        )
+    };
+    let large = envelope(&"x".repeat(max - 16 - envelope("").len()));
+    assert_eq!(large.len(), max - 16);
+
+    // Act
+    assert_eq!(app.post(large.clone()).await.status(), 200);
+    assert_eq!(app.post(event("big-2", 2, "U")).await.status(), 200);
+
+    // Assert: both delivered, in order, the large one byte for byte; no dead letter.
+    let got = consume(&brokers, &topic, 1, 2, Duration::from_secs(60)).await;
+    assert_eq!(
+        got.iter().map(message_id).collect::<Vec<_>>(),
+        ["big-1", "big-2"]
+    );
+    assert_eq!(got[0].payload().unwrap(), large.as_bytes());
+    let dead_letters =
+        DeadLetterStore::inspect(&app.dir.path().join("spool/dead-letters"), 1 << 30)
+            .unwrap()
+            .list()
+            .unwrap();
+    assert!(dead_letters.is_empty(), "{dead_letters:?}");
 }

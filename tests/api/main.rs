@@ -4,6 +4,7 @@
 mod admin;
 mod config;
 mod crash;
+mod dead_letters_cli;
 mod dedup;
 mod durability;
 mod envelope_properties;

@@ -8,6 +8,12 @@ use dataloy_gateway::dead_letter::{DeadLetterStore, Reason};
 use secrecy::SecretString;
 use serde_json::Value;
 
+use bytes::Bytes;
+use dataloy_gateway::envelope::Envelope;
+use dataloy_gateway::metrics::Metrics;
+use dataloy_gateway::notification::Notification;
+use dataloy_gateway::sink::{RabbitMqSink, Sink, SinkError};
+
 use crate::helpers::*;
 use crate::rabbitmq_broker::*;
 
@@ -106,7 +112,7 @@ async fn with_unroutable_retry_an_unroutable_message_is_retried_until_a_queue_is
 }
 
 /// The notification of `object_type` with `id` (the documented sample, both replaced).
-fn of_type(object_type: &str, id: &str) -> Vec<u8> {
+pub fn of_type(object_type: &str, id: &str) -> Vec<u8> {
     String::from_utf8(sample_with_id(id))
         .unwrap()
         .replace(
@@ -338,4 +344,102 @@ fn the_uri_can_come_from_the_environment() {
         settings.sinks.rabbitmq.unwrap().uri.expose_secret(),
         "amqps://user:pw@rabbit.example:5671/prod"
     );
+}
+
+#[tokio::test]
+async fn a_refusal_in_the_middle_of_a_batch_reports_what_came_after_it_so_nothing_is_sent_twice() {
+    // Arrange: PortCall bound, BunkerOrderLine not.
+    let exchange = unique("x-mid");
+    let port_calls = bind_queue(&exchange, "PortCall.*").await;
+    let sink = RabbitMqSink::new(&rabbitmq_settings(&exchange), Metrics::new());
+    let notification = |body: Vec<u8>| {
+        let body = Bytes::from(body);
+        Notification::new(Envelope::parse(&body).unwrap(), body)
+    };
+    let batch = [
+        notification(sample_with_id("mid-pc-1")),
+        notification(of_type("BunkerOrderLine", "mid-bol-1")),
+        notification(sample_with_id("mid-pc-2")),
+        notification(of_type("BunkerOrderLine", "mid-bol-2")),
+        notification(sample_with_id("mid-pc-3")),
+    ];
+
+    // Act
+    let error = sink.publish(&batch).await.unwrap_err();
+
+    // Assert: one confirmed, the refusal, then what became of the three after it.
+    assert_eq!(error.confirmed, 1);
+    assert!(matches!(
+        error.source,
+        SinkError::Refused {
+            reason: Reason::Unroutable,
+            ..
+        }
+    ));
+    let after: Vec<&str> = error
+        .settled_after
+        .iter()
+        .map(|outcome| match outcome {
+            Ok(()) => "delivered",
+            Err(SinkError::Refused { .. }) => "refused",
+            Err(_) => "failed",
+        })
+        .collect();
+    assert_eq!(after, ["delivered", "refused", "delivered"]);
+    let got = drain(&port_calls, 3, Duration::from_secs(10)).await;
+    assert_eq!(
+        got.iter().map(message_id).collect::<Vec<_>>(),
+        ["mid-pc-1", "mid-pc-2", "mid-pc-3"]
+    );
+}
+
+#[tokio::test]
+async fn refusals_mixed_into_a_batch_go_to_dead_letters_and_every_other_notification_arrives_once()
+{
+    // Arrange: the sink reaches RabbitMQ through a port nobody listens on yet, so the
+    // notifications wait in the spool and the relay reads them as one mixed batch.
+    let exchange = unique("x-batch");
+    let port_calls = bind_queue(&exchange, "PortCall.*").await;
+    let port = free_port();
+    let app = spawn_app_with(|s, _| {
+        with_rabbitmq(s, &exchange);
+        s.sinks.rabbitmq.as_mut().unwrap().uri =
+            SecretString::from(format!("amqp://guest:guest@127.0.0.1:{port}/%2f"));
+    })
+    .await;
+    for i in 0..40 {
+        let body = if i % 2 == 0 {
+            sample_with_id(&format!("batch-pc-{i}"))
+        } else {
+            of_type("BunkerOrderLine", &format!("batch-bol-{i}"))
+        };
+        assert_eq!(app.post(body).await.status(), 200);
+    }
+
+    // Act: RabbitMQ becomes reachable.
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect("127.0.0.1:5672").await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+
+    // Assert: each PortCall once, in order; each BunkerOrderLine in dead letters once.
+    let got = drain(&port_calls, 20, Duration::from_secs(30)).await;
+    let expected: Vec<String> = (0..40)
+        .step_by(2)
+        .map(|i| format!("batch-pc-{i}"))
+        .collect();
+    assert_eq!(got.iter().map(message_id).collect::<Vec<_>>(), expected);
+    assert!(
+        eventually(|| async { app.metric("dataloy_gateway_spool_depth_records").await == 0.0 })
+            .await
+    );
+    assert_eq!(dead_letters(&app).list().unwrap().len(), 20);
 }
