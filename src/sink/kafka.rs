@@ -255,6 +255,19 @@ impl MissingTopics {
     }
 }
 
+impl KafkaSink {
+    /// What a failed message's report means for the relay.
+    fn describe(&self, failure: Failure, notification: &Notification) -> SinkError {
+        match failure {
+            Failure::Kafka(e) => {
+                let topic = self.topic.render(&notification.envelope);
+                describe(e, &topic, &self.missing_topics)
+            }
+            Failure::Unreported => SinkError::Unavailable("producer dropped the message".into()),
+        }
+    }
+}
+
 #[async_trait]
 impl Sink for KafkaSink {
     fn name(&self) -> &'static str {
@@ -291,15 +304,20 @@ impl Sink for KafkaSink {
                 break;
             }
         }
-        let Some((confirmed, failure)) = reports.finish().await else {
+        let Some(failures) = reports.finish().await else {
             self.up.store(true, Ordering::Relaxed);
             self.missing_topics.clear();
             return Ok(());
         };
-        let topic = self.topic.render(&batch[confirmed].envelope);
-        let source = match failure {
-            Failure::Kafka(e) => describe(e, &topic, &self.missing_topics),
-            Failure::Unreported => SinkError::Unavailable("producer dropped the message".into()),
+        let (confirmed, failure) = failures.first.clone();
+        let source = self.describe(failure, &batch[confirmed]);
+        // Messages after a refused one were sent too (librdkafka pipelines the batch, and they
+        // may be on other partitions): the delivered ones, and the ones refused for good, must
+        // not be sent again.
+        let settled_after = if matches!(source, SinkError::Refused { .. }) {
+            failures.settled_after(|index, failure| self.describe(failure, &batch[index]))
+        } else {
+            Vec::new()
         };
         if matches!(source, SinkError::Unavailable(_)) {
             self.up.store(false, Ordering::Relaxed);
@@ -308,7 +326,11 @@ impl Sink for KafkaSink {
         if producer.client().fatal_error().is_some() {
             self.stale.store(true, Ordering::Relaxed);
         }
-        Err(PublishError::after(confirmed, source))
+        Err(PublishError {
+            confirmed,
+            source,
+            settled_after,
+        })
     }
 
     fn is_up(&self) -> bool {

@@ -2,8 +2,9 @@
 //! reports every message it accepted exactly once (delivered, failed or purged). rdkafka's
 //! `FutureProducer` turns each report into a future completed with a copy of the whole message;
 //! counting a batch's reports instead leaves the report thread one counter per message and, for
-//! a failure, one comparison, while still telling exactly how many leading messages were
-//! delivered (the relay's retry starts after them).
+//! a failure, one entry in a list, while still telling exactly which messages were delivered:
+//! the leading ones before the first failure, and those after it (a later message may reach
+//! another partition), so the relay sends none of them again.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -13,6 +14,8 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::{DeliveryResult, ProducerContext};
 use rdkafka::ClientContext;
 use tokio::sync::Notify;
+
+use crate::sink::SinkError;
 
 /// Why a message of the batch is not confirmed.
 #[derive(Debug, Clone)]
@@ -27,8 +30,10 @@ pub(super) enum Failure {
 pub(super) struct BatchReports {
     /// Messages not reported yet, plus one while the publisher is still enqueueing.
     outstanding: AtomicUsize,
-    /// The failure with the lowest index: everything before it was delivered.
-    first_failure: Mutex<Option<(usize, Failure)>>,
+    /// Messages handed out with [`expect`](Self::expect): indexes `0..expected`.
+    expected: AtomicUsize,
+    /// Every failure, in the order reported; a message not in it was delivered.
+    failures: Mutex<Vec<(usize, Failure)>>,
     all_reported: Notify,
 }
 
@@ -36,7 +41,8 @@ impl BatchReports {
     pub(super) fn new() -> Arc<Self> {
         Arc::new(Self {
             outstanding: AtomicUsize::new(1),
-            first_failure: Mutex::new(None),
+            expected: AtomicUsize::new(0),
+            failures: Mutex::new(Vec::new()),
             all_reported: Notify::new(),
         })
     }
@@ -44,6 +50,7 @@ impl BatchReports {
     /// A handle for message `index`, to travel with it through librdkafka as its opaque.
     pub(super) fn expect(self: &Arc<Self>, index: usize) -> Box<PendingReport> {
         self.outstanding.fetch_add(1, Ordering::Relaxed);
+        self.expected.fetch_max(index + 1, Ordering::Relaxed);
         Box::new(PendingReport {
             reports: self.clone(),
             index,
@@ -52,19 +59,28 @@ impl BatchReports {
     }
 
     /// Waits until every message handed out with [`expect`](Self::expect) was reported, then
-    /// tells the first failure, if any. Call once, after the last `expect`.
-    pub(super) async fn finish(&self) -> Option<(usize, Failure)> {
+    /// tells the failures, if any. Call once, after the last `expect`.
+    pub(super) async fn finish(&self) -> Option<BatchFailures> {
         if self.outstanding.fetch_sub(1, Ordering::AcqRel) != 1 {
             self.all_reported.notified().await;
         }
-        self.first_failure.lock().take()
+        let mut failures = std::mem::take(&mut *self.failures.lock());
+        if failures.is_empty() {
+            return None;
+        }
+        failures.sort_by_key(|(index, _)| *index);
+        failures.dedup_by_key(|(index, _)| *index);
+        let mut failures = failures.into_iter();
+        let first = failures.next().expect("not empty");
+        Some(BatchFailures {
+            first,
+            later: failures.collect(),
+            expected: self.expected.load(Ordering::Relaxed),
+        })
     }
 
     fn fail(&self, index: usize, failure: Failure) {
-        let mut first = self.first_failure.lock();
-        if first.as_ref().is_none_or(|(known, _)| index < *known) {
-            *first = Some((index, failure));
-        }
+        self.failures.lock().push((index, failure));
     }
 
     fn count_down(&self) {
@@ -72,6 +88,41 @@ impl BatchReports {
             // Stores a permit when the publisher is not waiting yet.
             self.all_reported.notify_one();
         }
+    }
+}
+
+/// How a batch ended when some of its messages failed.
+#[derive(Debug)]
+pub(super) struct BatchFailures {
+    /// The failure with the lowest index: everything before it was delivered.
+    pub first: (usize, Failure),
+    /// The failures after it, by index; a message after `first` and below `expected` that is
+    /// not here was delivered.
+    pub later: Vec<(usize, Failure)>,
+    /// Messages handed out: the rest of the batch was never enqueued.
+    pub expected: usize,
+}
+
+impl BatchFailures {
+    /// What became of the messages right after the first failed one, in order, as long as
+    /// each was delivered (`Ok`) or refused for good (`Err` with a refusal, by `describe`);
+    /// stops at the first transient failure or at the end of what was enqueued.
+    pub(super) fn settled_after(
+        self,
+        mut describe: impl FnMut(usize, Failure) -> SinkError,
+    ) -> Vec<Result<(), SinkError>> {
+        let mut later = self.later.into_iter().peekable();
+        let mut settled = Vec::new();
+        for index in self.first.0 + 1..self.expected {
+            match later.next_if(|(at, _)| *at == index) {
+                None => settled.push(Ok(())),
+                Some((_, failure)) => match describe(index, failure) {
+                    refused @ SinkError::Refused { .. } => settled.push(Err(refused)),
+                    _ => break,
+                },
+            }
+        }
+        settled
     }
 }
 
@@ -127,13 +178,14 @@ mod tests {
     use rdkafka::types::RDKafkaErrorCode;
 
     use super::*;
+    use crate::dead_letter::Reason;
 
     fn error(code: RDKafkaErrorCode) -> KafkaError {
         KafkaError::MessageProduction(code)
     }
 
     /// `finish`, failing the test instead of hanging it when a report is never counted.
-    async fn finish(reports: &BatchReports) -> Option<(usize, Failure)> {
+    async fn finish(reports: &BatchReports) -> Option<BatchFailures> {
         tokio::time::timeout(Duration::from_secs(10), reports.finish())
             .await
             .expect("every report counted")
@@ -184,7 +236,8 @@ mod tests {
             .unwrap()
             .fail(error(RDKafkaErrorCode::MessageSizeTooLarge));
         pending[1].take().unwrap().delivered();
-        let (index, failure) = finish(&reports).await.expect("two failed");
+        let failures = finish(&reports).await.expect("two failed");
+        let (index, failure) = failures.first;
         assert_eq!(index, 2);
         assert!(matches!(
             failure,
@@ -192,6 +245,63 @@ mod tests {
                 RDKafkaErrorCode::MessageSizeTooLarge
             ))
         ));
+        // Message 3 was delivered; message 4 failed too.
+        assert_eq!(failures.expected, 5);
+        let later: Vec<usize> = failures.later.iter().map(|(i, _)| *i).collect();
+        assert_eq!(later, [4]);
+    }
+
+    #[tokio::test]
+    async fn after_a_refusal_the_delivered_and_refused_messages_are_settled_up_to_a_transient_one()
+    {
+        let reports = BatchReports::new();
+        let mut pending: Vec<_> = (0..7).map(|i| Some(reports.expect(i))).collect();
+        pending[0].take().unwrap().delivered();
+        pending[1]
+            .take()
+            .unwrap()
+            .fail(error(RDKafkaErrorCode::MessageSizeTooLarge));
+        pending[2].take().unwrap().delivered();
+        pending[3]
+            .take()
+            .unwrap()
+            .fail(error(RDKafkaErrorCode::MessageSizeTooLarge));
+        pending[4].take().unwrap().delivered();
+        pending[5]
+            .take()
+            .unwrap()
+            .fail(error(RDKafkaErrorCode::MessageTimedOut));
+        pending[6].take().unwrap().delivered();
+        let failures = finish(&reports).await.expect("three failed");
+        assert_eq!(failures.first.0, 1);
+        let settled = failures.settled_after(|_, failure| match failure {
+            Failure::Kafka(KafkaError::MessageProduction(
+                RDKafkaErrorCode::MessageSizeTooLarge,
+            )) => SinkError::refused(Reason::TooLarge, "too large"),
+            _ => SinkError::Unavailable("timed out".into()),
+        });
+        // 2 delivered, 3 refused, 4 delivered; 5 timed out: it and 6 are sent again.
+        let kinds: Vec<&str> = settled
+            .iter()
+            .map(|s| match s {
+                Ok(()) => "delivered",
+                Err(SinkError::Refused { .. }) => "refused",
+                Err(_) => "transient",
+            })
+            .collect();
+        assert_eq!(kinds, ["delivered", "refused", "delivered"]);
+    }
+
+    #[tokio::test]
+    async fn messages_never_enqueued_are_not_settled() {
+        let reports = BatchReports::new();
+        let mut first = reports.expect(0);
+        first.fail(error(RDKafkaErrorCode::MessageSizeTooLarge));
+        drop(first);
+        let failures = finish(&reports).await.expect("one failed");
+        assert!(failures
+            .settled_after(|_, _| SinkError::refused(Reason::TooLarge, "too large"))
+            .is_empty());
     }
 
     #[tokio::test]
@@ -202,8 +312,9 @@ mod tests {
         first.delivered();
         drop(first);
         drop(second);
-        let (index, failure) = finish(&reports).await.expect("one unreported");
-        assert_eq!(index, 1);
-        assert!(matches!(failure, Failure::Unreported));
+        let failures = finish(&reports).await.expect("one unreported");
+        assert_eq!(failures.first.0, 1);
+        assert!(matches!(failures.first.1, Failure::Unreported));
+        assert!(failures.later.is_empty());
     }
 }
