@@ -10,8 +10,8 @@ use std::io;
 
 /// Descriptors kept for the process itself: stdio, the spool (lock, segments, readers, cursors),
 /// dead letters, the sinks (file, librdkafka's sockets and wake-up pipes, AMQP), Redis, the
-/// WebSocket sources and the keeper's HTTP client, with room to spare. Measured idle with
-/// every sink on and two workers: about 60 (README, Operations).
+/// WebSocket sources and the keeper's HTTP client, with room to spare. Measured with the file
+/// sink only and two workers (debug build): about 31; not yet measured with Kafka and RabbitMQ.
 const BASE_RESERVE: u64 = 160;
 /// Descriptors each HTTP worker's event loop holds, rounded up (measured: 3).
 const PER_WORKER: u64 = 4;
