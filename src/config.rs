@@ -13,7 +13,9 @@ use serde::Deserialize;
 use crate::sink::template::Template;
 
 mod dataloy;
+mod log;
 pub use dataloy::{DataloySettings, ExtraMembers, SubscriptionSettings, MANAGED_MEMBERS};
+pub use log::{LogFormat, LogSettings};
 
 /// Prefix of environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "DATALOY_GATEWAY";
@@ -565,31 +567,6 @@ fn default_true() -> bool {
     true
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    #[default]
-    Json,
-    Pretty,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LogSettings {
-    pub format: LogFormat,
-    /// A tracing filter such as `info` or `dataloy_gateway=debug`; `RUST_LOG` takes precedence.
-    pub level: String,
-}
-
-impl Default for LogSettings {
-    fn default() -> Self {
-        Self {
-            format: LogFormat::Json,
-            level: "info".into(),
-        }
-    }
-}
-
 /// A size in bytes, written as an integer or with a unit (`64MiB`, `1GiB`, `512KB`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ByteSize(pub u64);
@@ -783,6 +760,7 @@ impl Settings {
             validate_websocket(name, source)?;
         }
         dataloy::validate(self.dataloy.as_ref(), &self.subscriptions)?;
+        self.log.validate()?;
         if !self.sinks.any() {
             return Err(invalid(
                 "sinks",

@@ -5,6 +5,7 @@
 //! # Layout
 //! - [`config`]: typed settings, layered (defaults, TOML file, environment), validated at start.
 //! - [`startup`]: `Application::build` wires everything and binds the listeners.
+//! - [`descriptors`]: fits the connection bound under the open-file limit.
 //! - [`routes`]: the notification route and the admin routes (health, metrics).
 //! - [`ingest`]: the path every source shares: envelope, dedup claim, spool, commit.
 //! - [`envelope`]: parses and validates the envelope without building `resource`.
@@ -26,6 +27,7 @@ pub mod config;
 pub mod dataloy;
 pub mod dead_letter;
 pub mod dedup;
+pub mod descriptors;
 pub mod envelope;
 pub mod ingest;
 pub mod metrics;

@@ -2,21 +2,27 @@
 //! listeners (port 0 works, for tests) and starts the relay (and the subscription keeper, when
 //! subscriptions are declared); `run_until_stopped` serves until
 //! SIGTERM/SIGINT or a [`StopHandle`], then shuts down in order: stop accepting, finish in-flight
-//! requests, stop the relay, flush the spool.
+//! requests, let each sink's publish in progress finish and store its cursor, flush the spool,
+//! close the sinks. The whole shutdown is bounded by `server.shutdown_timeout` plus a few
+//! seconds: a publish still hanging at the deadline is interrupted (it stays in the spool), and
+//! a broker that does not answer the close is left.
 
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use tokio::sync::watch;
+use tokio::time::{timeout, timeout_at, Instant};
 
 use crate::auth::Authenticator;
 use crate::config::Settings;
 use crate::dead_letter::DeadLetterStore;
 use crate::dedup;
+use crate::descriptors;
 use crate::ingest::{Durability, Ingest};
 use crate::metrics::Metrics;
 use crate::relay::Relay;
@@ -25,6 +31,12 @@ use crate::sink::{self, Sink};
 use crate::spool::{Spool, SpoolOptions};
 use crate::subscriptions;
 use crate::websocket::WebSocketSource;
+
+/// After the relay was interrupted at the shutdown deadline: time to store the cursors of what
+/// its sinks confirmed.
+const INTERRUPTED_RELAY_GRACE: Duration = Duration::from_secs(2);
+/// Time each sink gets to flush and close its connection at the end of a shutdown.
+const SINK_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct Application {
     port: u16,
@@ -35,6 +47,8 @@ pub struct Application {
     sinks: Vec<Arc<dyn Sink>>,
     relay: Option<tokio::task::JoinHandle<()>>,
     stop_relay: watch::Sender<bool>,
+    interrupt_relay: watch::Sender<bool>,
+    shutdown_timeout: Duration,
     source_tasks: Vec<tokio::task::JoinHandle<()>>,
     stop_sources: watch::Sender<bool>,
     keeper: Option<tokio::task::JoinHandle<()>>,
@@ -55,6 +69,13 @@ impl StopHandle {
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        // First, before anything holds a descriptor: the limit may refuse the start.
+        let workers = settings
+            .server
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+        let max_connections =
+            descriptors::fit_connections(settings.server.max_connections, workers)?;
         let metrics = Metrics::new();
         let sinks = sink::build_all(
             &settings.sinks,
@@ -124,6 +145,7 @@ impl Application {
         }
 
         let (stop_relay, relay_stopped) = watch::channel(false);
+        let (interrupt_relay, relay_interrupted) = watch::channel(false);
         let mut relay_running = None;
         let relay = spool.as_ref().map(|spool| {
             let relay = Relay::new(
@@ -134,7 +156,7 @@ impl Application {
                 dead_letters.clone(),
             );
             relay_running = Some(relay.running_flag());
-            tokio::spawn(relay.run(relay_stopped))
+            tokio::spawn(relay.run(relay_stopped, relay_interrupted))
         });
 
         let listener = TcpListener::bind(settings.server_addr())
@@ -156,11 +178,7 @@ impl Application {
                 settings.server.max_buffered_bytes.bytes() as usize,
             )),
         });
-        let workers = settings
-            .server
-            .workers
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-        let connections_per_worker = settings.server.max_connections.div_ceil(workers);
+        let connections_per_worker = max_connections.div_ceil(workers);
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(webhook_state.clone())
@@ -196,6 +214,8 @@ impl Application {
                 .default_service(web::to(error::not_found))
         })
         .workers(1)
+        .max_connections(descriptors::ADMIN_MAX_CONNECTIONS)
+        .shutdown_timeout(1)
         .disable_signals()
         .listen(admin_listener)?
         .run();
@@ -222,6 +242,8 @@ impl Application {
             sinks,
             relay,
             stop_relay,
+            interrupt_relay,
+            shutdown_timeout: settings.server.shutdown_timeout,
             source_tasks,
             stop_sources,
             keeper,
@@ -261,29 +283,39 @@ impl Application {
             signal = shutdown_signal() => tracing::info!(signal, "signal received; shutting down"),
         }
 
+        let deadline = Instant::now() + self.shutdown_timeout;
         self.shutting_down.store(true, Ordering::Relaxed);
         self.stop_keeper.send_replace(true);
         if let Some(keeper) = self.keeper {
-            let _ = keeper.await;
+            let _ = timeout_at(deadline, keeper).await;
         }
-        server_handle.stop(true).await;
-        let _ = server.await;
+        // actix gives in-flight requests `server.shutdown_timeout` of its own.
+        let _ = timeout_at(deadline, server_handle.stop(true)).await;
+        let _ = timeout_at(deadline, server).await;
         self.stop_sources.send_replace(true);
         for task in self.source_tasks {
-            let _ = task.await;
+            let _ = timeout_at(deadline, task).await;
         }
         self.stop_relay.send_replace(true);
-        if let Some(relay) = self.relay {
-            let _ = relay.await;
+        if let Some(mut relay) = self.relay {
+            if timeout_at(deadline, &mut relay).await.is_err() {
+                tracing::warn!(
+                    "a publish was still in progress at server.shutdown_timeout; interrupting \
+                     it (what its sink did not confirm stays in the spool)"
+                );
+                self.interrupt_relay.send_replace(true);
+                if timeout(INTERRUPTED_RELAY_GRACE, relay).await.is_err() {
+                    tracing::error!("the relay did not stop; its last cursors may not be stored");
+                }
+            }
         }
         if let Some(spool) = &self.spool {
             spool.close().await;
         }
-        for sink in &self.sinks {
-            sink.close().await;
-        }
+        futures::future::join_all(self.sinks.iter().map(|sink| sink.close(SINK_CLOSE_TIMEOUT)))
+            .await;
         admin_handle.stop(true).await;
-        let _ = admin.await;
+        let _ = timeout(Duration::from_secs(2), admin).await;
         tracing::info!("dataloy-gateway stopped");
         Ok(())
     }

@@ -520,7 +520,7 @@ async fn replay_to_sink(
         }
     }
     if let Ok(Some(sink)) = &sink {
-        sink.close().await;
+        sink.close(std::time::Duration::from_secs(10)).await;
     }
 }
 

@@ -3,6 +3,7 @@
 //! Adding a group: a file with its `Args` and `run`, a variant in [`Command`], an arm in [`run`].
 
 mod dead_letters;
+mod hangup;
 mod server;
 mod spool;
 mod subscriptions;
@@ -28,7 +29,7 @@ pub struct Cli {
     /// TOML configuration file; every key can be overridden by DATALOY_GATEWAY__SECTION__KEY.
     #[arg(long, global = true)]
     config: Option<PathBuf>,
-    /// Without a subcommand, the gateway runs until SIGTERM/SIGINT.
+    /// Without a subcommand, the gateway runs until SIGTERM/SIGINT (SIGHUP reloads log.level).
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -54,7 +55,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         }
     };
     match cli.command {
-        None => server::run(settings).await,
+        None => server::run(settings, cli.config).await,
         Some(Command::Subscriptions(args)) => subscriptions::run(settings, args).await,
         Some(Command::DeadLetters(args)) => dead_letters::run(settings, args).await,
         Some(Command::Spool(args)) => spool::run(settings, args).await,

@@ -1,14 +1,18 @@
-//! No subcommand: run the gateway until SIGTERM/SIGINT.
+//! No subcommand: run the gateway until SIGTERM/SIGINT; SIGHUP reloads `log.level` (`hangup`).
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use super::EXIT_FAILED;
+use super::{hangup, EXIT_FAILED};
 use crate::config::Settings;
 use crate::startup::Application;
 use crate::telemetry;
 
-pub async fn run(settings: Settings) -> ExitCode {
-    telemetry::init(&settings.log);
+pub async fn run(settings: Settings, config: Option<PathBuf>) -> ExitCode {
+    let log = telemetry::init(&settings.log);
+    if let Err(e) = hangup::handle(config, log) {
+        tracing::warn!(error = %e, "cannot handle SIGHUP; it will end the process");
+    }
     let result = async {
         Application::build(settings)
             .await?

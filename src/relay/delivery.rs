@@ -53,13 +53,17 @@ impl HeadAttempts {
 }
 
 impl Delivery<'_> {
-    /// Delivers `batch` until every notification is confirmed or dead-lettered; false if
-    /// shutdown came first (what is not done stays in the spool).
+    /// Delivers `batch` until every notification is confirmed or dead-lettered, and returns
+    /// how many leading notifications are done: all of them, unless shutdown came first. A
+    /// publish in progress when `shutdown` turns true runs to its end (what it confirmed counts;
+    /// a failure is not retried); only `interrupt` abandons it. What is not done stays in the
+    /// spool.
     pub async fn deliver(
         &self,
         batch: &[Notification],
         mut shutdown: watch::Receiver<bool>,
-    ) -> bool {
+        mut interrupt: watch::Receiver<bool>,
+    ) -> usize {
         let name = self.sink.name();
         let mut done = 0;
         let mut head = HeadAttempts::default();
@@ -71,7 +75,7 @@ impl Delivery<'_> {
             let publish = AssertUnwindSafe(self.sink.publish(&batch[done..end])).catch_unwind();
             let outcome = tokio::select! {
                 outcome = publish => outcome,
-                _ = shutdown.wait_for(|stop| *stop) => return false,
+                _ = interrupt.wait_for(|stop| *stop) => return done,
             };
             head.record();
             let (failure, settled_after) = match outcome {
@@ -140,11 +144,11 @@ impl Delivery<'_> {
                 "publish failed; will retry"
             );
             if sleep_or_shutdown(wait, &mut shutdown).await {
-                return false;
+                return done;
             }
             backoff = (backoff * 2).min(self.settings.retry_max_backoff);
         }
-        true
+        done
     }
 
     /// Counts what the sink had already dealt with after a refusal (see

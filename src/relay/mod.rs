@@ -59,15 +59,20 @@ impl Relay {
         self.running.clone()
     }
 
-    /// Relays until `shutdown` turns true, restarting the relay from the cursor if it panics. A
-    /// batch being retried when shutdown comes stays in the spool and is relayed after the next
-    /// start.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    /// Relays until `shutdown` turns true, restarting the relay from the cursor if it panics.
+    /// At shutdown each sink's publish in progress runs to its end and what it confirmed is
+    /// acknowledged; `interrupt` abandons a publish still in progress (a hung broker). What a
+    /// sink has not confirmed stays in the spool and is relayed after the next start.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>, interrupt: watch::Receiver<bool>) {
         let relay = Arc::new(self);
         let mut backoff = relay.settings.retry_initial_backoff;
         loop {
             relay.running.store(true, Ordering::Relaxed);
-            let task = tokio::spawn(relay.clone().relay_until_stopped(shutdown.clone()));
+            let task = tokio::spawn(
+                relay
+                    .clone()
+                    .relay_until_stopped(shutdown.clone(), interrupt.clone()),
+            );
             match task.await {
                 Ok(()) => return,
                 Err(e) if e.is_panic() => {
@@ -88,8 +93,13 @@ impl Relay {
         }
     }
 
-    async fn relay_until_stopped(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
+    async fn relay_until_stopped(
+        self: Arc<Self>,
+        shutdown: watch::Receiver<bool>,
+        interrupt: watch::Receiver<bool>,
+    ) {
         let relay = &self;
+        let interrupt = &interrupt;
         progress::run_per_sink(
             &self.spool,
             &self.sinks,
@@ -102,7 +112,7 @@ impl Relay {
                     metrics: &relay.metrics,
                     dead_letters: &relay.dead_letters,
                 }
-                .deliver(&batch, shutdown)
+                .deliver(&batch, shutdown, interrupt.clone())
                 .await
             },
         )

@@ -1,8 +1,10 @@
 //! One runner per sink. Each reads the spool with its own reader and moves its own cursor, so a
 //! sink that is down or slow never holds another back; the spool retires a segment once every
 //! sink has passed it, so its bound applies to the slowest sink. A runner's loop: read a batch,
-//! hand it to `deliver` (which returns once the sink has dealt with every notification in it,
-//! or false when shutdown came first), acknowledge it for that sink.
+//! hand it to `deliver` (which returns how many leading notifications the sink has dealt with:
+//! all of them, unless shutdown came first), acknowledge those for that sink. At shutdown a
+//! runner starts no new batch, but what its last publish confirmed is acknowledged, so a clean
+//! stop relays nothing twice.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -15,7 +17,7 @@ use crate::notification::Notification;
 use crate::sink::Sink;
 use crate::spool::Spool;
 
-/// Runs one runner per sink until `shutdown` turns true. A batch not yet acknowledged when
+/// Runs one runner per sink until `shutdown` turns true. What a sink has not confirmed when
 /// shutdown comes stays in the spool and is relayed to that sink after the next start.
 pub async fn run_per_sink<'a, D, F>(
     spool: &Spool,
@@ -25,7 +27,7 @@ pub async fn run_per_sink<'a, D, F>(
     deliver: D,
 ) where
     D: Fn(&'a dyn Sink, Vec<Notification>, watch::Receiver<bool>) -> F,
-    F: Future<Output = bool>,
+    F: Future<Output = usize>,
 {
     let runners = sinks
         .iter()
@@ -41,7 +43,7 @@ async fn run_sink<'a, D, F>(
     deliver: &D,
 ) where
     D: Fn(&'a dyn Sink, Vec<Notification>, watch::Receiver<bool>) -> F,
-    F: Future<Output = bool>,
+    F: Future<Output = usize>,
 {
     let mut reader = match spool.reader_for(sink.name()) {
         Ok(reader) => reader,
@@ -52,8 +54,9 @@ async fn run_sink<'a, D, F>(
     };
     loop {
         let batch = tokio::select! {
-            batch = reader.next_batch(settings.batch_max_records) => batch,
+            biased; // at shutdown, no new batch even when one is ready
             _ = shutdown.wait_for(|stop| *stop) => return,
+            batch = reader.next_batch(settings.batch_max_records) => batch,
         };
         let batch = match batch {
             Ok(batch) => batch,
@@ -65,15 +68,19 @@ async fn run_sink<'a, D, F>(
                 continue;
             }
         };
-        let Some(last_seq) = batch.last().map(|r| r.seq) else {
+        if batch.is_empty() {
             continue;
-        };
-        let notifications = batch.into_iter().map(|r| r.notification).collect();
-        if !deliver(sink, notifications, shutdown.clone()).await {
-            return; // shutdown while the sink was failing
         }
-        if !acknowledge(spool, sink.name(), last_seq, settings, &mut shutdown).await {
+        let seqs: Vec<u64> = batch.iter().map(|r| r.seq).collect();
+        let notifications = batch.into_iter().map(|r| r.notification).collect();
+        let done = deliver(sink, notifications, shutdown.clone()).await;
+        if done > 0
+            && !acknowledge(spool, sink.name(), seqs[done - 1], settings, &mut shutdown).await
+        {
             return;
+        }
+        if done < seqs.len() {
+            return; // shutdown before the sink dealt with the whole batch
         }
     }
 }

@@ -337,11 +337,14 @@ impl Sink for KafkaSink {
         self.up.load(Ordering::Relaxed)
     }
 
-    async fn close(&self) {
+    async fn close(&self, within: Duration) {
         if let Some(probe) = self.probe.lock().take() {
             probe.abort();
         }
         let producer = self.producer.read().clone();
-        let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await;
+        let flushed = tokio::task::spawn_blocking(move || producer.flush(within)).await;
+        if let Ok(Err(e)) = flushed {
+            tracing::warn!(sink = "kafka", error = %e, "Kafka producer not flushed at shutdown");
+        }
     }
 }

@@ -79,8 +79,9 @@ pub trait Sink: Send + Sync + 'static {
     async fn publish(&self, batch: &[Notification]) -> Result<(), PublishError>;
     /// Whether the destination is reachable as far as the sink knows (cheap, no I/O).
     fn is_up(&self) -> bool;
-    /// Flushes and releases connections at shutdown.
-    async fn close(&self) {}
+    /// Flushes and releases connections at shutdown, giving up after `within` (a broker that
+    /// hangs must not hold the process: what it did not confirm is still in the spool).
+    async fn close(&self, _within: std::time::Duration) {}
 }
 
 /// Builds every sink whose table is present in the configuration.

@@ -5,12 +5,13 @@
 //! refused for good before anything is sent. A whole batch is published before the confirms are
 //! awaited (many publishes in flight), and only the leading confirmed messages count as
 //! delivered. Connecting and confirming are bounded by timeouts, so a broker that accepts TCP and
-//! never answers makes the sink down instead of hanging it. A probe reconnects eagerly so
-//! `sink_up` follows the broker.
+//! never answers makes the sink down instead of hanging it; a publish pending longer than the
+//! confirm timeout makes it down whatever it waits on, and closing at shutdown gives up after
+//! its own bound. A probe reconnects eagerly so `sink_up` follows the broker.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
@@ -56,7 +57,25 @@ struct Inner {
     routing_key: Template,
     link: tokio::sync::Mutex<Option<Link>>,
     up: AtomicBool,
+    /// When the publish in progress sent its first message; `None` between publishes.
+    publishing_since: parking_lot::Mutex<Option<Instant>>,
     metrics: Metrics,
+}
+
+/// Marks a publish in progress for as long as it lives (also when the relay abandons it).
+struct Publishing<'a>(&'a parking_lot::Mutex<Option<Instant>>);
+
+impl<'a> Publishing<'a> {
+    fn start(since: &'a parking_lot::Mutex<Option<Instant>>) -> Self {
+        *since.lock() = Some(Instant::now());
+        Self(since)
+    }
+}
+
+impl Drop for Publishing<'_> {
+    fn drop(&mut self) {
+        *self.0.lock() = None;
+    }
 }
 
 /// A connection and its confirm-mode channel.
@@ -80,6 +99,7 @@ impl RabbitMqSink {
             routing_key: Template::parse(&settings.routing_key).expect("validated at load"),
             link: tokio::sync::Mutex::new(None),
             up: AtomicBool::new(false),
+            publishing_since: parking_lot::Mutex::new(None),
             metrics,
         });
         let probe = tokio::spawn(probe(inner.clone(), settings.health_interval));
@@ -242,6 +262,7 @@ impl Sink for RabbitMqSink {
             .ensure_link(&mut guard)
             .await
             .map_err(PublishError::none_confirmed)?;
+        let _publishing = Publishing::start(&inner.publishing_since);
         let exchange = ShortString::from(inner.settings.exchange.as_str());
         let mut confirms = Vec::with_capacity(batch.len());
         // Why publishing stopped before the end of the batch: it concerns `batch[confirms.len()]`.
@@ -338,17 +359,35 @@ impl Sink for RabbitMqSink {
         })
     }
 
+    /// Down while unreachable, and while a publish has been pending longer than
+    /// `sinks.rabbitmq.confirm_timeout`: a broker frozen mid-connection keeps the TCP
+    /// connection open but moves nothing.
     fn is_up(&self) -> bool {
-        self.inner.up.load(Ordering::Relaxed)
+        let stalled = self
+            .inner
+            .publishing_since
+            .lock()
+            .is_some_and(|since| since.elapsed() > self.inner.settings.confirm_timeout);
+        self.inner.up.load(Ordering::Relaxed) && !stalled
     }
 
-    async fn close(&self) {
+    async fn close(&self, within: Duration) {
         if let Some(probe) = self.probe.lock().take() {
             probe.abort();
         }
-        if let Some(link) = self.inner.link.lock().await.take() {
-            let _ = link.channel.close(200, "gateway stopping".into()).await;
-            let _ = link.connection.close(200, "gateway stopping".into()).await;
+        // Closing waits for the broker's close-ok, which a hung broker never sends.
+        let closed = tokio::time::timeout(within, async {
+            if let Some(link) = self.inner.link.lock().await.take() {
+                let _ = link.channel.close(200, "gateway stopping".into()).await;
+                let _ = link.connection.close(200, "gateway stopping".into()).await;
+            }
+        })
+        .await;
+        if closed.is_err() {
+            tracing::warn!(
+                sink = "rabbitmq",
+                "RabbitMQ did not answer the close in time; leaving the connection"
+            );
         }
     }
 }

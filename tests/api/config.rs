@@ -123,6 +123,17 @@ fn errors_name_the_key() {
             format!("[auth]\nmode = \"kerberos\"\n{MINIMAL}"),
             vec![],
         ),
+        // Issue 20 #9: `verbose` used to be taken as a module name and log nothing at all.
+        (
+            "log.level",
+            format!("[log]\nlevel = \"verbose\"\n{MINIMAL}"),
+            vec![],
+        ),
+        (
+            "log.level",
+            MINIMAL.to_string(),
+            vec![("DATALOY_GATEWAY__LOG__LEVEL", "info,relay=loud")],
+        ),
     ];
 
     for (key, file, env) in cases {

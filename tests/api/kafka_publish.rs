@@ -70,7 +70,7 @@ async fn a_message_refused_at_enqueue_confirms_the_ones_before_it_and_sends_none
         delivered.iter().map(message_id).collect::<Vec<_>>(),
         ["r-1", "r-2"]
     );
-    sink.close().await;
+    sink.close(Duration::from_secs(10)).await;
 }
 
 #[tokio::test]
@@ -89,5 +89,5 @@ async fn a_failed_delivery_report_confirms_only_the_messages_before_it() {
     let error = sink.publish(&batch).await.expect_err("f-2 has no topic");
 
     assert_eq!(error.confirmed, 1, "{error}");
-    sink.close().await;
+    sink.close(Duration::from_secs(10)).await;
 }
