@@ -270,6 +270,9 @@ pub struct DedupSettings {
     /// Longest a Redis connection attempt or command may take before it counts as failed.
     #[serde(with = "humantime_serde")]
     pub redis_timeout: Duration,
+    /// Start (with an error in the log) on a Redis whose `maxmemory-policy` evicts keys; by
+    /// default such a Redis is refused, since an evicted id is accepted and published again.
+    pub redis_allow_eviction: bool,
     pub on_backend_error: OnBackendError,
 }
 
@@ -284,6 +287,7 @@ impl Default for DedupSettings {
             redis_url: SecretString::from("redis://127.0.0.1:6379"),
             redis_key_prefix: "dataloy-gateway:dedup:".into(),
             redis_timeout: Duration::from_millis(500),
+            redis_allow_eviction: false,
             on_backend_error: OnBackendError::Reject,
         }
     }

@@ -2,7 +2,16 @@
 //! make the notification durable, then commit the id. Any failure before the notification is
 //! durable releases the claim, so the sender's retry is processed rather than dropped as a
 //! duplicate. Every outcome is logged and counted here, once.
+//!
+//! The claim is renewed every third of `dedup.claim_lease` while the durable write runs (an fsync
+//! stall, or a broker slow to confirm with the spool off), so a retry arriving meanwhile waits
+//! and gets 503 `in_flight` instead of claiming the id and making a second copy. Should the claim
+//! still be lost (Redis lost it, or renewal failed for a whole lease), the commit says so: the
+//! sender is answered 200 `accepted` all the same, because this copy is durable and will be
+//! delivered (a 503 would only invite a third), and the loss is logged and counted
+//! (`dedup_lease_lost_total`) since a second copy may be published.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,7 +19,7 @@ use bytes::Bytes;
 
 use crate::config::DedupSettings;
 use crate::dead_letter::{Attempts, DeadLetterStore};
-use crate::dedup::{ClaimOutcome, ClaimToken, DedupError, Deduplicator};
+use crate::dedup::{ClaimOutcome, ClaimToken, CommitOutcome, DedupError, Deduplicator};
 use crate::envelope::{Envelope, EnvelopeError, NotificationId};
 use crate::metrics::{Metrics, Outcome, Source};
 use crate::notification::{unix_millis, Notification};
@@ -127,21 +136,30 @@ impl Ingest {
             return Ok(Accepted::Duplicate(id));
         };
         let object_type = envelope.object_type.clone();
-        if let Err(e) = self.make_durable(Notification::new(envelope, body)).await {
+        let durable = self.make_durable(Notification::new(envelope, body));
+        if let Err(e) = self.renewing_claim(&id, token, durable).await {
             if let Err(release_error) = self.dedup.release(id.as_str(), token).await {
                 // The claim's lease expires by itself; until then a retry waits, then gets 503.
                 tracing::error!(notification_id = %id, error = %release_error, "cannot release dedup claim");
             }
             return Err(e);
         }
-        if let Err(e) = self
+        match self
             .dedup
             .commit(id.as_str(), token, self.settings.ttl)
             .await
         {
-            // The notification is durable: answering 503 now would make the retry a second copy.
-            self.metrics.dedup_commit_errors.inc();
-            tracing::error!(notification_id = %id, error = %e, "accepted notification, but cannot record its id");
+            Ok(CommitOutcome::Committed) => {}
+            Ok(CommitOutcome::LeaseLost) => {
+                // Durable all the same: answering 503 would only make Dataloy send a third copy.
+                self.metrics.dedup_lease_lost.inc();
+                tracing::error!(notification_id = %id, "another request took over this notification's dedup claim while it was made durable; it may be published twice");
+            }
+            Err(e) => {
+                // The notification is durable: answering 503 now would make the retry a second copy.
+                self.metrics.dedup_commit_errors.inc();
+                tracing::error!(notification_id = %id, error = %e, "accepted notification, but cannot record its id");
+            }
         }
         self.metrics.accepted(source, &object_type);
         Ok(Accepted::New(id))
@@ -169,6 +187,38 @@ impl Ingest {
                     pause = (pause * 2).min(Duration::from_millis(25));
                 }
             }
+        }
+    }
+
+    /// Runs `write` while renewing the claim every third of the lease, so a slow durable write
+    /// keeps its id.
+    async fn renewing_claim<T>(
+        &self,
+        id: &NotificationId,
+        token: ClaimToken,
+        write: impl Future<Output = T>,
+    ) -> T {
+        let lease = self.settings.claim_lease;
+        let renewing = async {
+            let mut lost_reported = false;
+            loop {
+                tokio::time::sleep(lease / 3).await;
+                match self.dedup.renew(id.as_str(), token, lease).await {
+                    Ok(true) => {}
+                    Ok(false) if lost_reported => {}
+                    Ok(false) => {
+                        lost_reported = true;
+                        tracing::warn!(notification_id = %id, "dedup claim taken over while the notification is made durable");
+                    }
+                    Err(e) => {
+                        tracing::warn!(notification_id = %id, error = %e, "cannot renew the dedup claim; retrying");
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            output = write => output,
+            never = renewing => never,
         }
     }
 

@@ -125,6 +125,7 @@ pub struct Metrics {
     websocket_reconnects: IntCounterVec,
     websocket_messages: IntCounterVec,
     pub dedup_commit_errors: IntCounter,
+    pub dedup_lease_lost: IntCounter,
     pub delivery: delivery::DeliveryMetrics,
     subscriptions: SubscriptionSeries,
 }
@@ -329,6 +330,12 @@ impl Metrics {
             "Durable notifications whose id could not be recorded as seen.",
         );
 
+        let dedup_lease_lost = counter(
+            "dedup_lease_lost_total",
+            "Durable notifications whose claim another request took over while the write ran \
+             (a second copy may be published).",
+        );
+
         let subscriptions = SubscriptionSeries::register(&registry);
 
         let build_info = IntGaugeVec::new(
@@ -381,6 +388,7 @@ impl Metrics {
             websocket_reconnects,
             websocket_messages,
             dedup_commit_errors,
+            dedup_lease_lost,
             delivery: delivery::DeliveryMetrics::new(&registry),
             registry,
             subscriptions,

@@ -86,7 +86,11 @@ impl Application {
         for sink in &sinks {
             metrics.register_sink(sink.name());
         }
-        let dedup = dedup::build(&settings.dedup, &metrics).context("cannot set up dedup")?;
+        // Built here, on the main runtime, which then keeps the Redis connection: a connection
+        // opened by an HTTP worker would die with that worker.
+        let dedup = dedup::build(&settings.dedup, &metrics)
+            .await
+            .context("cannot set up dedup")?;
         let keeper = subscriptions::keeper_if_configured(&settings, &metrics)
             .context("cannot set up the subscription keeper")?;
 
@@ -199,6 +203,8 @@ impl Application {
             spool: spool.clone(),
             sinks: sinks.clone(),
             dedup,
+            dedup_required: settings.dedup.backend == crate::config::DedupBackend::Redis
+                && settings.dedup.on_backend_error == crate::config::OnBackendError::Reject,
             sources: source_health,
             max_body_bytes: settings.server.max_body_bytes.bytes(),
             shutting_down: shutting_down.clone(),

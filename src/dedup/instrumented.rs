@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::{ClaimOutcome, ClaimToken, DedupError, Deduplicator};
+use super::{ClaimOutcome, ClaimToken, CommitOutcome, DedupError, Deduplicator};
 use crate::metrics::{ClaimResult, DedupCall, DedupSeries, Metrics};
 
 pub struct Instrumented {
@@ -41,7 +41,24 @@ impl Deduplicator for Instrumented {
         result
     }
 
-    async fn commit(&self, id: &str, token: ClaimToken, ttl: Duration) -> Result<(), DedupError> {
+    async fn renew(
+        &self,
+        id: &str,
+        token: ClaimToken,
+        lease: Duration,
+    ) -> Result<bool, DedupError> {
+        let started = Instant::now();
+        let result = self.inner.renew(id, token, lease).await;
+        self.record(DedupCall::Renew, started, &result);
+        result
+    }
+
+    async fn commit(
+        &self,
+        id: &str,
+        token: ClaimToken,
+        ttl: Duration,
+    ) -> Result<CommitOutcome, DedupError> {
         let started = Instant::now();
         let result = self.inner.commit(id, token, ttl).await;
         self.record(DedupCall::Commit, started, &result);
@@ -57,6 +74,10 @@ impl Deduplicator for Instrumented {
 
     fn entry_count(&self) -> Option<usize> {
         self.inner.entry_count()
+    }
+
+    fn usable(&self) -> bool {
+        self.inner.usable()
     }
 
     fn backend(&self) -> &'static str {

