@@ -5,6 +5,7 @@
 //! timeout) is retried in order; a refusal for good goes to dead letters and the stream moves on.
 
 pub mod file;
+#[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod rabbitmq;
 pub mod template;
@@ -19,6 +20,7 @@ use crate::metrics::Metrics;
 use crate::notification::Notification;
 
 pub use file::FileSink;
+#[cfg(feature = "kafka")]
 pub use kafka::KafkaSink;
 pub use rabbitmq::RabbitMqSink;
 
@@ -95,7 +97,16 @@ pub async fn build_all(
         sinks.push(Arc::new(FileSink::new(file).await));
     }
     if let Some(kafka) = &settings.kafka {
+        #[cfg(feature = "kafka")]
         sinks.push(Arc::new(KafkaSink::new(kafka, max_body_bytes)?));
+        #[cfg(not(feature = "kafka"))]
+        {
+            let _ = (kafka, max_body_bytes);
+            anyhow::bail!(
+                "sinks.kafka is configured but this build has no Kafka sink (built without the \
+                 `kafka` feature, as the fuzz build is)"
+            );
+        }
     }
     if let Some(rabbitmq) = &settings.rabbitmq {
         sinks.push(Arc::new(RabbitMqSink::new(rabbitmq, metrics.clone())));
