@@ -157,6 +157,9 @@ fn build_segment(u: &mut Unstructured<'_>, first_seq: u64) -> arbitrary::Result<
                 bytes.resize(bytes.len() + usize::from(len), 0);
             }
             Step::FlipBit { at, bit } => {
+                if bytes.is_empty() {
+                    continue;
+                }
                 let at = at as usize % bytes.len();
                 bytes[at] ^= 1 << (bit % 8);
                 clean = false;
