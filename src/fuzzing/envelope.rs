@@ -159,7 +159,7 @@ pub fn envelope_structured(data: &[u8]) {
     ][usize::from(shape.resource_extra) % 7];
     valid &= extra_valid;
 
-    let mut members = vec![
+    let mut members = [
         format!("\"id\":{id_json}"),
         format!("\"eventTime\":\"{event_time}\""),
         format!("\"objectType\":\"{object_type}\""),
