@@ -9,12 +9,13 @@ use dataloy_gateway::fuzzing;
 
 /// Runs each target's check over the files in `fuzz/<kind>/<target>/`; returns how many ran per
 /// target (in `fuzzing::TARGETS` order) and the files whose check panicked.
-fn replay(kind: &str) -> (usize, Vec<PathBuf>) {
+fn replay(kind: &str) -> (Vec<usize>, Vec<PathBuf>) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fuzz")
         .join(kind);
-    let (mut ran, mut failed) = (0, Vec::new());
+    let (mut ran, mut failed) = (Vec::new(), Vec::new());
     for (target, check) in fuzzing::TARGETS {
+        ran.push(0);
         let Ok(entries) = std::fs::read_dir(root.join(target)) else {
             continue;
         };
