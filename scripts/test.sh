@@ -16,3 +16,6 @@ source scripts/services.sh
 
 echo "== tests"
 cargo test
+
+echo "== fuzzing, a short bounded pass (docs/fuzzing.md)"
+./scripts/fuzz.sh --short

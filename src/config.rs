@@ -631,9 +631,28 @@ impl Settings {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Settings, ConfigError> {
+        let file = file.map(|path| config::File::from(path).required(true));
+        Self::load_from(file, env)
+    }
+
+    /// Like [`Settings::load_with_env`], with the file's TOML text given (the fuzzer uses this).
+    pub fn load_toml_with_env(
+        toml: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigError> {
+        Self::load_from(
+            Some(config::File::from_str(toml, config::FileFormat::Toml)),
+            env,
+        )
+    }
+
+    fn load_from(
+        file: Option<impl config::Source + Send + Sync + 'static>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigError> {
         let mut builder = config::Config::builder();
-        if let Some(path) = file {
-            builder = builder.add_source(config::File::from(path).required(true));
+        if let Some(file) = file {
+            builder = builder.add_source(file);
         }
         let env_source = config::Environment::with_prefix(ENV_PREFIX)
             .prefix_separator("__")

@@ -179,6 +179,20 @@ impl Envelope {
                     "arrays and objects nested deeper than {MAX_NESTING} levels"
                 )))
             }
+            Err(ScanError::OutOfRange { at }) => {
+                return Err(EnvelopeError::InvalidJson(format!(
+                    "number out of range at {}: JSON numbers must fit an IEEE 754 double \
+                     (RFC 7493, I-JSON), which consumers' parsers require",
+                    position(text, at)
+                )))
+            }
+            Err(ScanError::LoneSurrogate { at }) => {
+                return Err(EnvelopeError::InvalidJson(format!(
+                    "unpaired UTF-16 surrogate in a \\u escape at {}: strings must be valid \
+                     Unicode (RFC 7493, I-JSON), which consumers' parsers require",
+                    position(text, at)
+                )))
+            }
         }
 
         let id = required("id", raw.id)?;
@@ -304,6 +318,19 @@ fn explain_invalid_json(text: &str) -> EnvelopeError {
         Ok(()) => "not a single well-formed JSON value".to_owned(),
     };
     EnvelopeError::InvalidJson(message)
+}
+
+/// `line L column C` of a byte offset, counted like `serde_json` does (both from 1).
+fn position(text: &str, at: usize) -> String {
+    let before = &text.as_bytes()[..at];
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let column = at
+        - before
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |n| n + 1)
+        + 1;
+    format!("line {line} column {column}")
 }
 
 fn required<'a>(field: &'static str, value: Option<&'a str>) -> Result<&'a str, EnvelopeError> {
@@ -577,6 +604,32 @@ mod tests {
             let error = Envelope::parse(body).unwrap_err();
             assert!(error.to_string().contains(message), "{error}");
         }
+    }
+
+    /// Found by fuzzing: bodies `serde_json::Value` (what consumers use) refuses were accepted.
+    #[test]
+    fn what_consumers_cannot_read_is_refused_at_the_door() {
+        for (extra, message) in [
+            (
+                r#","resource":{"n":1e400}"#,
+                "number out of range at line 1 column 137",
+            ),
+            (
+                r#","resource":{"s":"\ud800"}"#,
+                "unpaired UTF-16 surrogate in a \\u escape at line 1 column 138",
+            ),
+        ] {
+            let body = with_member(extra);
+            assert!(serde_json::from_slice::<serde_json::Value>(&body).is_err());
+            let error = Envelope::parse(&body).unwrap_err();
+            assert_eq!(error.code(), "invalid_json");
+            assert!(error.to_string().contains(message), "{error}");
+            assert!(error.to_string().contains("RFC 7493"), "{error}");
+        }
+        assert!(Envelope::parse(&with_member(
+            r#","resource":{"n":1e308,"s":"\ud83d\ude00"}"#
+        ))
+        .is_ok());
     }
 
     #[test]

@@ -20,6 +20,7 @@
 //! - [`cli`]: the command line (the server, and subcommands: `subscriptions plan`,
 //!   `dead-letters replay`, `spool status`, …).
 //! - [`metrics`], [`telemetry`]: Prometheus metrics and structured logs.
+//! - `fuzzing` (hidden): the invariants the fuzz targets in `fuzz/` check, replayed by `cargo test`.
 
 pub mod auth;
 pub mod cli;
@@ -29,6 +30,8 @@ pub mod dead_letter;
 pub mod dedup;
 pub mod descriptors;
 pub mod envelope;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod ingest;
 pub mod metrics;
 pub mod notification;

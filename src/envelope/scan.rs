@@ -6,8 +6,10 @@
 //! nothing; it only answers "valid or not" — the caller asks `serde_json` why when it is not.
 //!
 //! The body comes as a `&str`, already valid UTF-8, so strings are scanned as bytes.
-//! Like `serde_json` when it skips a value, a `\uXXXX` escape needs four hex digits but may be a
-//! lone surrogate; a member the caller decodes is checked in full there.
+//! It also refuses the well-formed JSON that consumers' parsers refuse (RFC 7493, I-JSON): a
+//! number beyond the range of an IEEE 754 double (`1e400`), and a `\uXXXX` escape of an unpaired
+//! UTF-16 surrogate. `serde_json::Value` refuses both, so a body holding one would be accepted
+//! here and then fail in every consumer (found by fuzzing, see docs/fuzzing.md).
 
 /// A member of the top-level object, as slices of the body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +27,10 @@ pub enum ScanError {
     Malformed,
     /// Arrays and objects nest deeper than the limit.
     TooDeep,
+    /// A number beyond the range of an IEEE 754 double; `at` is its byte offset.
+    OutOfRange { at: usize },
+    /// A `\u` escape of a UTF-16 surrogate without its pair; `at` is its byte offset.
+    LoneSurrogate { at: usize },
 }
 
 /// Bytes that end the fast run through a string: the closing quote, an escape, or a control
@@ -202,11 +208,25 @@ impl<'a> Scanner<'a> {
                             self.at += 1
                         }
                         Some(b'u') => {
-                            let hex = self.bytes.get(self.at + 1..self.at + 5);
-                            if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
-                                return Err(ScanError::Malformed);
-                            }
+                            let escape_at = self.at - 1;
+                            let unit = self.hex4(self.at + 1).ok_or(ScanError::Malformed)?;
                             self.at += 5;
+                            match unit {
+                                0xD800..=0xDBFF => {
+                                    let low = match self.bytes.get(self.at..self.at + 2) {
+                                        Some(b"\\u") => self.hex4(self.at + 2),
+                                        _ => None,
+                                    };
+                                    if !matches!(low, Some(0xDC00..=0xDFFF)) {
+                                        return Err(ScanError::LoneSurrogate { at: escape_at });
+                                    }
+                                    self.at += 6;
+                                }
+                                0xDC00..=0xDFFF => {
+                                    return Err(ScanError::LoneSurrogate { at: escape_at })
+                                }
+                                _ => {}
+                            }
                         }
                         _ => return Err(ScanError::Malformed),
                     }
@@ -244,6 +264,15 @@ impl<'a> Scanner<'a> {
         }
     }
 
+    /// The four hex digits at `at` as a UTF-16 code unit.
+    fn hex4(&self, at: usize) -> Option<u16> {
+        let hex = std::str::from_utf8(self.bytes.get(at..at + 4)?).ok()?;
+        if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None; // `from_str_radix` would also take a sign
+        }
+        u16::from_str_radix(hex, 16).ok()
+    }
+
     fn literal(&mut self, word: &[u8]) -> Result<(), ScanError> {
         if self.bytes[self.at..].starts_with(word) {
             self.at += word.len();
@@ -253,8 +282,9 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`
+    /// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`, within the range of a double.
     fn number(&mut self) -> Result<(), ScanError> {
+        let start = self.at;
         if self.peek() == Some(b'-') {
             self.at += 1;
         }
@@ -273,8 +303,22 @@ impl<'a> Scanner<'a> {
                 self.at += 1;
             }
             self.one_or_more_digits()?;
+            return self.in_double_range(start);
         }
+        if self.at - start > 300 {
+            return self.in_double_range(start);
+        }
+        // Fewer than 300 digits and no exponent: far inside a double's range.
         Ok(())
+    }
+
+    /// Whether the number from `start` is one `serde_json` reads (it refuses what overflows a
+    /// double, and a little more than Rust's `f64` parsing does: the exact rule consumers meet).
+    fn in_double_range(&self, start: usize) -> Result<(), ScanError> {
+        match serde_json::from_str::<f64>(&self.text[start..self.at]) {
+            Ok(_) => Ok(()),
+            Err(_) => Err(ScanError::OutOfRange { at: start }),
+        }
     }
 
     fn digits(&mut self) {
@@ -306,8 +350,9 @@ mod tests {
         Ok((is_object, found))
     }
 
+    /// What consumers use: `Value` also checks number ranges and surrogate pairs.
     fn serde_accepts(text: &str) -> bool {
-        serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
+        serde_json::from_str::<serde_json::Value>(text).is_ok()
     }
 
     #[test]
@@ -380,6 +425,35 @@ mod tests {
         ] {
             assert_eq!(members(text), Err(ScanError::Malformed), "{text:?}");
             assert!(!serde_accepts(text), "serde_json accepts {text:?}");
+        }
+    }
+
+    #[test]
+    fn what_consumers_refuse_is_refused_with_its_place() {
+        for (text, error) in [
+            ("[1e400]", ScanError::OutOfRange { at: 1 }),
+            ("[0, -1e400]", ScanError::OutOfRange { at: 4 }),
+            ("[1.7976931348623158e308]", ScanError::OutOfRange { at: 1 }),
+            ("[\"\\ud800\"]", ScanError::LoneSurrogate { at: 2 }),
+            ("[\"a\\udc00\"]", ScanError::LoneSurrogate { at: 3 }),
+            ("[\"\\ud800\\u0041\"]", ScanError::LoneSurrogate { at: 2 }),
+            ("{\"\\udbff\":1}", ScanError::LoneSurrogate { at: 2 }),
+        ] {
+            assert_eq!(members(text), Err(error), "{text}");
+            assert!(!serde_accepts(text), "serde_json accepts {text}");
+        }
+        let long_integer = format!("[{}]", "9".repeat(400));
+        assert_eq!(members(&long_integer), Err(ScanError::OutOfRange { at: 1 }));
+        for text in [
+            "[1e308]",
+            "[1e-400]",
+            "[0e999999999999999999]",
+            "[\"\\ud83d\\ude00\"]",
+            "[\"\\uD83D\\uDE00\"]",
+            &format!("[{}]", "9".repeat(300)),
+        ] {
+            assert!(members(text).is_ok(), "{text}");
+            assert!(serde_accepts(text), "{text}");
         }
     }
 

@@ -6,15 +6,15 @@
 //! recycled as later segments (or deleted when enough spares are kept).
 
 mod acknowledge;
-mod cursor;
+pub(crate) mod cursor;
 mod lock;
 mod progress;
 mod quarantine;
 mod reader;
 pub mod record;
 mod recovery;
-mod scan;
-mod segment;
+pub(crate) mod scan;
+pub(crate) mod segment;
 pub mod status;
 mod writer;
 

@@ -86,6 +86,16 @@ pub struct ScanReport {
 /// number minus one, or `None` for the newest segment.
 pub fn scan(path: &Path, first_seq: u64, expected_last_seq: Option<u64>) -> io::Result<ScanReport> {
     let bytes = fs::read(path)?;
+    scan_segment(&bytes, path, first_seq, expected_last_seq)
+}
+
+/// [`scan`] over a segment's bytes already in memory (`path` only names it in an error).
+pub(crate) fn scan_segment(
+    bytes: &[u8],
+    path: &Path,
+    first_seq: u64,
+    expected_last_seq: Option<u64>,
+) -> io::Result<ScanReport> {
     let header = HEADER_LEN as usize;
     if bytes.is_empty() {
         // A crash right after the file was created, before its header was written.
@@ -110,7 +120,7 @@ pub fn scan(path: &Path, first_seq: u64, expected_last_seq: Option<u64>) -> io::
         ));
     }
     let generation = u64::from_le_bytes(bytes[8..header].try_into().expect("8 bytes"));
-    scan_bytes(&bytes, generation, first_seq, expected_last_seq)
+    scan_bytes(bytes, generation, first_seq, expected_last_seq)
 }
 
 fn scan_bytes(

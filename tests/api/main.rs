@@ -2,6 +2,7 @@
 //! a process to kill.
 
 mod admin;
+mod codec_properties;
 mod config;
 mod crash;
 mod dead_letters_cli;
@@ -11,6 +12,7 @@ mod durability;
 mod envelope_properties;
 mod fake_dataloy;
 mod file_sink;
+mod fuzz_regressions;
 mod gateway_process;
 mod helpers;
 mod hostile;

@@ -101,6 +101,65 @@ async fn every_violation_gets_400_with_its_code_and_field() {
     );
 }
 
+/// Found by fuzzing: well-formed JSON that `serde_json::Value` (what consumers parse with)
+/// refuses was answered 200 and queued. Refused at the door instead (RFC 7493, I-JSON).
+#[tokio::test]
+async fn json_consumers_cannot_read_gets_400_naming_the_problem() {
+    let app = spawn_app().await;
+    let body = |id: &str, resource: &str| {
+        format!(
+            r#"{{"id":"{id}","eventTime":"2016-09-14T13:37:26","objectType":"X","eventType":"U","dataloyObject":1,"subscription":{{}},"resource":{resource}}}"#
+        )
+        .into_bytes()
+    };
+    let long_integer = format!(r#"{{"n":-{}}}"#, "9".repeat(400));
+    for (name, resource, problem) in [
+        (
+            "number beyond a double",
+            r#"{"n":1e400}"#,
+            "number out of range",
+        ),
+        (
+            "negative, as a long integer",
+            long_integer.as_str(),
+            "number out of range",
+        ),
+        (
+            "lone surrogate",
+            r#"{"s":"\ud800"}"#,
+            "unpaired UTF-16 surrogate",
+        ),
+        (
+            "lone low surrogate in a name",
+            r#"{"\udc00":1}"#,
+            "unpaired UTF-16 surrogate",
+        ),
+    ] {
+        let bytes = body(name, resource);
+        assert!(serde_json::from_slice::<Value>(&bytes).is_err(), "{name}");
+
+        let response = app.post(bytes).await;
+
+        assert_eq!(response.status(), 400, "{name}");
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["error"]["code"], "invalid_json", "{name}: {error}");
+        let message = error["error"]["message"].as_str().unwrap();
+        assert!(message.contains(problem), "{name}: {message}");
+        assert!(message.contains("RFC 7493"), "{name}: {message}");
+    }
+    let fine = body(
+        "edge-values",
+        r#"{"n":1e308,"m":-1e-400,"s":"\ud83d\ude00"}"#,
+    );
+    assert_eq!(app.post(fine).await.status(), 200);
+    let events = app.wait_for_events(1).await;
+    assert_eq!(
+        ids_of(&events),
+        ["edge-values"],
+        "nothing refused reached the sink"
+    );
+}
+
 #[tokio::test]
 async fn accepted_variants_of_the_rules() {
     let app = spawn_app().await;
