@@ -3,6 +3,8 @@
 //! durable releases the claim, so the sender's retry is processed rather than dropped as a
 //! duplicate. Every outcome is logged and counted here, once.
 
+mod batch;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -64,6 +66,15 @@ impl IngestError {
             IngestError::Sink(_) => "sink_error",
         }
     }
+
+    /// Whether offering the same notification again can never succeed: it is invalid, or the
+    /// spool cannot represent it.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            IngestError::Invalid(_) | IngestError::Spool(SpoolError::Unrepresentable(_))
+        )
+    }
 }
 
 pub struct Ingest {
@@ -93,7 +104,13 @@ impl Ingest {
         let started = Instant::now();
         self.metrics.received(source);
         let result = self.process(body, source).await;
-        let outcome = match &result {
+        self.record(source, &result, started);
+        result
+    }
+
+    /// Logs and counts one outcome.
+    fn record(&self, source: Source, result: &Result<Accepted, IngestError>, started: Instant) {
+        let outcome = match result {
             Ok(Accepted::New(id)) => {
                 tracing::debug!(notification_id = %id, "notification accepted");
                 Outcome::Accepted
@@ -116,7 +133,6 @@ impl Ingest {
         };
         self.metrics
             .request_finished(source, outcome, started.elapsed());
-        result
     }
 
     async fn process(&self, body: Bytes, source: Source) -> Result<Accepted, IngestError> {

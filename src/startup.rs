@@ -24,7 +24,7 @@ use crate::routes::{error, health, metrics, webhook};
 use crate::sink::{self, Sink};
 use crate::spool::{Spool, SpoolOptions};
 use crate::subscriptions;
-use crate::websocket::WebSocketSource;
+use crate::websocket::{SourceLimits, WebSocketSource};
 
 pub struct Application {
     port: u16,
@@ -116,9 +116,19 @@ impl Application {
         let (stop_sources, sources_stopped) = watch::channel(false);
         let mut source_health = Vec::new();
         let mut source_tasks = Vec::new();
+        let source_limits = SourceLimits {
+            max_message_bytes: usize::try_from(settings.server.max_body_bytes.bytes())
+                .unwrap_or(usize::MAX),
+            shutdown_timeout: settings.server.shutdown_timeout,
+        };
         for (name, source_settings) in &settings.sources.websocket {
-            let source =
-                WebSocketSource::new(name, source_settings, ingest.clone(), metrics.clone());
+            let source = WebSocketSource::new(
+                name,
+                source_settings,
+                source_limits,
+                ingest.clone(),
+                metrics.clone(),
+            );
             source_health.push(source.health());
             source_tasks.push(tokio::spawn(source.run(sources_stopped.clone())));
         }
@@ -266,9 +276,11 @@ impl Application {
         if let Some(keeper) = self.keeper {
             let _ = keeper.await;
         }
+        // The sources close their connections and store what arrives until the server's Close,
+        // while the listener finishes its requests; both within server.shutdown_timeout.
+        self.stop_sources.send_replace(true);
         server_handle.stop(true).await;
         let _ = server.await;
-        self.stop_sources.send_replace(true);
         for task in self.source_tasks {
             let _ = task.await;
         }

@@ -30,3 +30,4 @@ mod subscriptions_cli;
 mod validation;
 mod webhook;
 mod websocket;
+mod websocket_flow;
