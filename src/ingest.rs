@@ -11,6 +11,8 @@
 //! delivered (a 503 would only invite a third), and the loss is logged and counted
 //! (`dedup_lease_lost_total`) since a second copy may be published.
 
+mod batch;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -73,6 +75,15 @@ impl IngestError {
             IngestError::Sink(_) => "sink_error",
         }
     }
+
+    /// Whether offering the same notification again can never succeed: it is invalid, or the
+    /// spool cannot represent it.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            IngestError::Invalid(_) | IngestError::Spool(SpoolError::Unrepresentable(_))
+        )
+    }
 }
 
 pub struct Ingest {
@@ -102,7 +113,13 @@ impl Ingest {
         let started = Instant::now();
         self.metrics.received(source);
         let result = self.process(body, source).await;
-        let outcome = match &result {
+        self.record(source, &result, started);
+        result
+    }
+
+    /// Logs and counts one outcome.
+    fn record(&self, source: Source, result: &Result<Accepted, IngestError>, started: Instant) {
+        let outcome = match result {
             Ok(Accepted::New(id)) => {
                 tracing::debug!(notification_id = %id, "notification accepted");
                 Outcome::Accepted
@@ -125,7 +142,6 @@ impl Ingest {
         };
         self.metrics
             .request_finished(source, outcome, started.elapsed());
-        result
     }
 
     async fn process(&self, body: Bytes, source: Source) -> Result<Accepted, IngestError> {

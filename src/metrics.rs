@@ -124,6 +124,7 @@ pub struct Metrics {
     websocket_connected: IntGaugeVec,
     websocket_reconnects: IntCounterVec,
     websocket_messages: IntCounterVec,
+    websocket_batch_size: HistogramVec,
     pub dedup_commit_errors: IntCounter,
     pub dedup_lease_lost: IntCounter,
     pub delivery: delivery::DeliveryMetrics,
@@ -322,9 +323,22 @@ impl Metrics {
         );
         let websocket_messages = counter_vec(
             "websocket_messages_total",
-            "Messages pushed on a WebSocket source, by outcome (accepted, duplicate, invalid, retried).",
+            "Messages pushed on a WebSocket source, by outcome (accepted, duplicate, invalid, \
+             refused, too_large, retried, lost).",
             &["source", "outcome"],
         );
+        let websocket_batch_size = HistogramVec::new(
+            HistogramOpts::new(
+                "websocket_batch_size",
+                "Messages a WebSocket source read at once and stored in one spool append.",
+            )
+            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 64.0, 256.0, 1024.0]),
+            &["source"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(websocket_batch_size.clone()))
+            .expect("unique");
         let dedup_commit_errors = counter(
             "dedup_commit_errors_total",
             "Durable notifications whose id could not be recorded as seen.",
@@ -387,6 +401,7 @@ impl Metrics {
             websocket_connected,
             websocket_reconnects,
             websocket_messages,
+            websocket_batch_size,
             dedup_commit_errors,
             dedup_lease_lost,
             delivery: delivery::DeliveryMetrics::new(&registry),
@@ -485,9 +500,20 @@ impl Metrics {
     }
 
     pub fn websocket_message(&self, source: &str, outcome: &str) {
+        self.websocket_messages_by(source, outcome, 1);
+    }
+
+    pub fn websocket_messages_by(&self, source: &str, outcome: &str, count: u64) {
         self.websocket_messages
             .with_label_values(&[source, outcome])
-            .inc();
+            .inc_by(count);
+    }
+
+    /// A batch of `messages` read at once from a WebSocket source.
+    pub fn websocket_batch(&self, source: &str, messages: usize) {
+        self.websocket_batch_size
+            .with_label_values(&[source])
+            .observe(messages as f64);
     }
 
     /// A sink's dropped notification (counted, then gone).

@@ -30,7 +30,7 @@ use crate::routes::{error, health, metrics, webhook};
 use crate::sink::{self, Sink};
 use crate::spool::{Spool, SpoolOptions};
 use crate::subscriptions;
-use crate::websocket::WebSocketSource;
+use crate::websocket::{SourceLimits, WebSocketSource};
 
 /// After the relay was interrupted at the shutdown deadline: time to store the cursors of what
 /// its sinks confirmed.
@@ -141,9 +141,19 @@ impl Application {
         let (stop_sources, sources_stopped) = watch::channel(false);
         let mut source_health = Vec::new();
         let mut source_tasks = Vec::new();
+        let source_limits = SourceLimits {
+            max_message_bytes: usize::try_from(settings.server.max_body_bytes.bytes())
+                .unwrap_or(usize::MAX),
+            shutdown_timeout: settings.server.shutdown_timeout,
+        };
         for (name, source_settings) in &settings.sources.websocket {
-            let source =
-                WebSocketSource::new(name, source_settings, ingest.clone(), metrics.clone());
+            let source = WebSocketSource::new(
+                name,
+                source_settings,
+                source_limits,
+                ingest.clone(),
+                metrics.clone(),
+            );
             source_health.push(source.health());
             source_tasks.push(tokio::spawn(source.run(sources_stopped.clone())));
         }
@@ -295,10 +305,12 @@ impl Application {
         if let Some(keeper) = self.keeper {
             let _ = timeout_at(deadline, keeper).await;
         }
-        // actix gives in-flight requests `server.shutdown_timeout` of its own.
+        // The sources close their connections and store what arrives until the server's Close,
+        // while the listener finishes its requests (actix gives them `server.shutdown_timeout`
+        // of its own); both within the shutdown deadline.
+        self.stop_sources.send_replace(true);
         let _ = timeout_at(deadline, server_handle.stop(true)).await;
         let _ = timeout_at(deadline, server).await;
-        self.stop_sources.send_replace(true);
         for task in self.source_tasks {
             let _ = timeout_at(deadline, task).await;
         }

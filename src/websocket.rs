@@ -1,27 +1,38 @@
 //! The gateway as Dataloy's WebSocket client: for each configured source it opens
 //! `ws(s)://…/ws/rest/WebSocketObjectSubscription/…/{token}` (or `WebSocketAlertScript`), sends
 //! the optional field selection, and takes every pushed message through the same
-//! validate → dedup → spool path as a webhook. Dataloy resends nothing on this channel, so a
-//! message that cannot be stored yet is retried in place (the socket is not read meanwhile)
-//! rather than dropped. Reconnects with capped, jittered backoff after a close, an error or a
-//! missed pong. The URL's token never reaches logs or metric labels.
+//! validate → dedup → spool path as a webhook. Dataloy resends nothing on this channel, so:
+//! what the socket holds is read as one batch and made durable in one spool append (see `read`);
+//! a message that cannot be stored yet is retried in place (the socket is not read meanwhile)
+//! rather than dropped; and at a graceful stop the source sends Close and keeps reading and
+//! storing until the server's Close arrives (or `server.shutdown_timeout` passes). Messages are
+//! bounded by `server.max_body_bytes`. Reconnects with capped, jittered backoff after a close, an
+//! error or a missed pong. The URL's token never reaches logs or metric labels.
+
+mod read;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use secrecy::ExposeSecret;
 use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::config::WebSocketSourceSettings;
 use crate::ingest::{Accepted, Ingest, IngestError};
 use crate::metrics::{Metrics, Source};
+use read::{Batch, End, Socket};
 
 /// A session that lasted this long resets the reconnect backoff.
 const STABLE_SESSION: Duration = Duration::from_secs(30);
+/// How long sending a Close may take after a message over the limit.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What `/health/ready` needs to know about a source.
 #[derive(Clone)]
@@ -31,12 +42,24 @@ pub struct SourceHealth {
     pub required_for_readiness: bool,
 }
 
+/// Server-wide settings a source follows.
+#[derive(Debug, Clone, Copy)]
+pub struct SourceLimits {
+    /// `server.max_body_bytes`: the largest message (and frame) read.
+    pub max_message_bytes: usize,
+    /// `server.shutdown_timeout`: how long a stop may keep reading and storing.
+    pub shutdown_timeout: Duration,
+}
+
 pub struct WebSocketSource {
     name: String,
     settings: WebSocketSourceSettings,
+    limits: SourceLimits,
     ingest: Arc<Ingest>,
     metrics: Metrics,
     connected: Arc<AtomicBool>,
+    /// Set when the stop is first seen: reading and storing end by then.
+    stop_deadline: OnceLock<Instant>,
 }
 
 enum SessionEnd {
@@ -44,19 +67,25 @@ enum SessionEnd {
     Lost(String),
 }
 
+/// Messages that were not stored when storing had to end.
+struct Unstored(usize);
+
 impl WebSocketSource {
     pub fn new(
         name: &str,
         settings: &WebSocketSourceSettings,
+        limits: SourceLimits,
         ingest: Arc<Ingest>,
         metrics: Metrics,
     ) -> Self {
         Self {
             name: name.to_owned(),
             settings: settings.clone(),
+            limits,
             ingest,
             metrics,
             connected: Arc::new(AtomicBool::new(false)),
+            stop_deadline: OnceLock::new(),
         }
     }
 
@@ -74,7 +103,10 @@ impl WebSocketSource {
         loop {
             let started = Instant::now();
             let reason = match self.session(&mut shutdown).await {
-                SessionEnd::Shutdown => return,
+                SessionEnd::Shutdown => {
+                    self.set_connected(false);
+                    return;
+                }
                 SessionEnd::Lost(reason) => reason,
             };
             self.set_connected(false);
@@ -100,7 +132,10 @@ impl WebSocketSource {
 
     async fn session(&self, shutdown: &mut watch::Receiver<bool>) -> SessionEnd {
         let url = self.settings.url.expose_secret();
-        let connecting = tokio_tungstenite::connect_async(url);
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(self.limits.max_message_bytes))
+            .max_frame_size(Some(self.limits.max_message_bytes));
+        let connecting = tokio_tungstenite::connect_async_with_config(url, Some(config), false);
         let mut socket = tokio::select! {
             connected = tokio::time::timeout(self.settings.connect_timeout, connecting) => match connected {
                 Ok(Ok((socket, _))) => socket,
@@ -124,11 +159,14 @@ impl WebSocketSource {
         ping.reset();
         let mut awaiting_pong: Option<Instant> = None;
         loop {
-            let pushed = tokio::select! {
+            // Checked here too: a stop seen while storing does not show as a change.
+            if *shutdown.borrow() {
+                return self.close_and_drain(&mut socket, shutdown).await;
+            }
+            let first = tokio::select! {
                 changed = shutdown.changed() => {
-                    if changed.is_err() || *shutdown.borrow() {
-                        let _ = socket.close(None).await;
-                        return SessionEnd::Shutdown;
+                    if changed.is_err() {
+                        return self.close_and_drain(&mut socket, shutdown).await;
                     }
                     continue;
                 }
@@ -144,51 +182,187 @@ impl WebSocketSource {
                     }
                     continue;
                 }
-                message = socket.next() => match message {
-                    None => return SessionEnd::Lost("connection closed".into()),
-                    Some(Err(e)) => return SessionEnd::Lost(describe(&e)),
-                    Some(Ok(Message::Close(_))) => return SessionEnd::Lost("closed by the server".into()),
-                    Some(Ok(Message::Text(text))) => Some(Bytes::from(text)),
-                    Some(Ok(Message::Binary(bytes))) => Some(bytes),
-                    // Pong, or a ping (answered by the library): the peer is alive.
-                    Some(Ok(_)) => None,
-                },
+                next = socket.next() => next,
             };
-            awaiting_pong = None;
-            if let Some(body) = pushed {
-                if self.deliver(body, shutdown).await.is_err() {
-                    let _ = socket.close(None).await;
+            let batch = Batch::read(first, &mut socket);
+            if batch.heard {
+                awaiting_pong = None;
+            }
+            if let Err(Unstored(lost)) = self.store(&batch.bodies, shutdown).await {
+                self.report_lost(
+                    lost,
+                    "the stop deadline passed while they could not be stored",
+                );
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.close(None)).await;
+                return SessionEnd::Shutdown;
+            }
+            match batch.end {
+                None => {}
+                Some(End::Closed) => return SessionEnd::Lost("closed by the server".into()),
+                Some(End::Lost(reason)) => return SessionEnd::Lost(reason),
+                Some(End::TooLarge { size }) => {
+                    self.refuse_too_large(&mut socket, size).await;
+                    return SessionEnd::Lost("a message over server.max_body_bytes".into());
+                }
+            }
+        }
+    }
+
+    /// The graceful stop: sends Close, then keeps reading and storing until the server's Close
+    /// (everything Dataloy sent before it saw ours), bounded by `server.shutdown_timeout`.
+    async fn close_and_drain(
+        &self,
+        socket: &mut Socket,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> SessionEnd {
+        let deadline = self.stop_deadline();
+        match tokio::time::timeout_at(deadline, socket.close(None)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(source = %self.name, error = %describe(&e), "cannot send Close at shutdown");
+                return SessionEnd::Shutdown;
+            }
+            Err(_) => {
+                tracing::warn!(source = %self.name, "Close not sent within server.shutdown_timeout");
+                return SessionEnd::Shutdown;
+            }
+        }
+        loop {
+            let batch = match tokio::time::timeout_at(deadline, socket.next()).await {
+                Ok(first) => Batch::read(first, socket),
+                Err(_) => {
+                    // Store what arrived already (one try); anything the server sends later is
+                    // not read.
+                    let mut batch = Batch::default();
+                    batch.read_ready(socket);
+                    let unstored = match self.store(&batch.bodies, shutdown).await {
+                        Ok(()) => 0,
+                        Err(Unstored(n)) => n,
+                    };
+                    self.report_lost(
+                        unstored,
+                        "the server's Close did not arrive within server.shutdown_timeout; \
+                         messages it sends from now on are not read and may be lost",
+                    );
+                    return SessionEnd::Shutdown;
+                }
+            };
+            if let Err(Unstored(lost)) = self.store(&batch.bodies, shutdown).await {
+                self.report_lost(
+                    lost,
+                    "server.shutdown_timeout passed while they could not be stored",
+                );
+                return SessionEnd::Shutdown;
+            }
+            match batch.end {
+                None => {}
+                Some(End::Closed) => {
+                    tracing::info!(source = %self.name, "WebSocket source closed; every message the server sent is stored");
+                    return SessionEnd::Shutdown;
+                }
+                Some(End::Lost(reason)) => {
+                    tracing::warn!(source = %self.name, reason = %reason, "WebSocket connection ended without the server's Close at shutdown; what it sent after that is lost");
+                    return SessionEnd::Shutdown;
+                }
+                Some(End::TooLarge { size }) => {
+                    self.refuse_too_large(socket, size).await;
+                    self.report_lost(0, "a message over server.max_body_bytes arrived at shutdown; messages after it are not read and may be lost");
                     return SessionEnd::Shutdown;
                 }
             }
         }
     }
 
-    /// Takes one message through the pipeline, retrying while it cannot be stored; `Err` only
-    /// when shutdown interrupts the retries.
-    async fn deliver(&self, body: Bytes, shutdown: &mut watch::Receiver<bool>) -> Result<(), ()> {
+    /// Takes `bodies` through the pipeline in order, retrying those that cannot be stored yet;
+    /// once the stop deadline passes, gives up and returns how many were not stored.
+    async fn store(
+        &self,
+        bodies: &[Bytes],
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), Unstored> {
+        if bodies.is_empty() {
+            return Ok(());
+        }
+        self.metrics.websocket_batch(&self.name, bodies.len());
+        let mut pending = bodies;
         let mut backoff = self.settings.reconnect_initial_backoff;
         loop {
-            let outcome = self.ingest.ingest(body.clone(), Source::WebSocket).await;
-            let label = match &outcome {
-                Ok(Accepted::New(_)) => "accepted",
-                Ok(Accepted::Duplicate(_)) => "duplicate",
-                Err(IngestError::Invalid(_)) => "invalid",
-                Err(_) => "retried",
-            };
-            self.metrics.websocket_message(&self.name, label);
-            if label != "retried" {
+            let results = self.ingest.ingest_batch(pending, Source::WebSocket).await;
+            let mut settled = 0;
+            for result in &results {
+                let label = match result {
+                    Ok(Accepted::New(_)) => "accepted",
+                    Ok(Accepted::Duplicate(_)) => "duplicate",
+                    Err(IngestError::Invalid(_)) => "invalid",
+                    Err(e) if e.is_permanent() => "refused",
+                    Err(_) => "retried",
+                };
+                self.metrics.websocket_message(&self.name, label);
+                if label != "retried" {
+                    settled += 1;
+                }
+            }
+            pending = &pending[settled.min(pending.len())..];
+            if pending.is_empty() {
                 return Ok(());
             }
-            tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
-                _ = shutdown.wait_for(|stop| *stop) => {
-                    tracing::error!(source = %self.name, "shutdown while a WebSocket message could not be stored; it is lost");
-                    return Err(());
+            let stopping = self.stopping(shutdown);
+            let wait = match stopping {
+                None => backoff,
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(Unstored(pending.len()));
+                    }
+                    backoff.min(left)
                 }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                // A stop during a long backoff: go on retrying, now against its deadline.
+                _ = shutdown.wait_for(|stop| *stop), if stopping.is_none() => {}
             }
             backoff = (backoff * 2).min(self.settings.reconnect_max_backoff);
         }
+    }
+
+    /// Refuses a message over `server.max_body_bytes`: counted and logged, and the connection is
+    /// closed (code 1009) since the rest of the stream cannot be read past it.
+    async fn refuse_too_large(&self, socket: &mut Socket, size: usize) {
+        self.metrics.websocket_message(&self.name, "too_large");
+        tracing::error!(
+            source = %self.name,
+            size,
+            max = self.limits.max_message_bytes,
+            "WebSocket message over server.max_body_bytes refused; reconnecting (messages the \
+             server sent after it on this connection are lost)"
+        );
+        let close = CloseFrame {
+            code: CloseCode::Size,
+            reason: "message over the gateway's size limit".into(),
+        };
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.close(Some(close))).await;
+    }
+
+    fn report_lost(&self, lost: usize, why: &str) {
+        self.metrics
+            .websocket_messages_by(&self.name, "lost", lost as u64);
+        if lost == 0 {
+            tracing::warn!(source = %self.name, lost, "WebSocket source stopped: {why}");
+        } else {
+            tracing::error!(source = %self.name, lost, "WebSocket messages received but not stored: {why}");
+        }
+    }
+
+    /// The stop deadline, once a stop was requested.
+    fn stopping(&self, shutdown: &watch::Receiver<bool>) -> Option<Instant> {
+        (*shutdown.borrow()).then(|| self.stop_deadline())
+    }
+
+    fn stop_deadline(&self) -> Instant {
+        *self
+            .stop_deadline
+            .get_or_init(|| Instant::now() + self.limits.shutdown_timeout)
     }
 
     fn set_connected(&self, connected: bool) {

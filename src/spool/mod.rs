@@ -225,6 +225,38 @@ impl Spool {
         answer.await.map_err(|_| SpoolError::Closed)?
     }
 
+    /// Appends `notifications` in one group commit, in order, and answers each once the group is
+    /// on disk. The records stored are always a prefix of the batch plus any that follow one
+    /// refused as unrepresentable: once one does not fit (`Full`), the rest are refused too.
+    pub async fn append_batch(
+        &self,
+        notifications: Vec<Notification>,
+    ) -> Vec<Result<u64, SpoolError>> {
+        let (appends, answers): (Vec<_>, Vec<_>) = notifications
+            .into_iter()
+            .map(|notification| {
+                let (reply, answer) = oneshot::channel();
+                ((notification, reply), answer)
+            })
+            .unzip();
+        if appends.is_empty() {
+            return Vec::new();
+        }
+        if self
+            .commands
+            .send(Command::AppendBatch(appends))
+            .await
+            .is_err()
+        {
+            return answers.iter().map(|_| Err(SpoolError::Closed)).collect();
+        }
+        let mut results = Vec::with_capacity(answers.len());
+        for answer in answers {
+            results.push(answer.await.unwrap_or(Err(SpoolError::Closed)));
+        }
+        results
+    }
+
     /// A reader of the records `sink` has not acknowledged yet, in order. One per sink.
     pub fn reader_for(&self, sink: &str) -> Result<SpoolReader, SpoolError> {
         let index = self.sink_index(sink)?;

@@ -2,7 +2,8 @@
 //! one `write` and one `fdatasync`, then answers them all: concurrent requests share one fsync
 //! (group commit) instead of paying one each. Under concurrent load it also keeps a least
 //! interval between commits, so that a group collects more appends: each fsync costs CPU and an
-//! I/O operation whatever it carries (see BENCHMARKS.md). A new segment reuses a spare file when
+//! I/O operation whatever it carries (see BENCHMARKS.md). A batch (what a WebSocket source read
+//! at once) arrives as one command and is written in one group, in order. A new segment reuses a spare file when
 //! there is one (see `segment`).
 
 use std::fs::{self, File, OpenOptions};
@@ -28,7 +29,39 @@ type Reply = oneshot::Sender<Result<u64, SpoolError>>;
 
 pub(super) enum Command {
     Append(Notification, Reply),
+    /// Appends that go into one group, in this order; once one is refused for want of room,
+    /// the rest are refused too, so that what is stored stays in order.
+    AppendBatch(Vec<(Notification, Reply)>),
     Close,
+}
+
+/// An append waiting in the group being written.
+struct Pending {
+    notification: Notification,
+    reply: Reply,
+    /// Part of a batch, after its first append: written only if the one before it was.
+    chained: bool,
+}
+
+impl Pending {
+    fn single(notification: Notification, reply: Reply) -> Self {
+        Pending {
+            notification,
+            reply,
+            chained: false,
+        }
+    }
+
+    fn batch(appends: Vec<(Notification, Reply)>) -> impl Iterator<Item = Pending> {
+        appends
+            .into_iter()
+            .enumerate()
+            .map(|(i, (notification, reply))| Pending {
+                notification,
+                reply,
+                chained: i > 0,
+            })
+    }
 }
 
 pub(super) struct Writer {
@@ -78,13 +111,18 @@ impl Writer {
             match first {
                 Command::Append(n, reply) => {
                     self.wait_for_company();
-                    group.push((n, reply));
+                    group.push(Pending::single(n, reply));
+                }
+                Command::AppendBatch(appends) => {
+                    self.wait_for_company();
+                    group.extend(Pending::batch(appends));
                 }
                 Command::Close => closing = true,
             }
             while !closing && group.len() < MAX_GROUP {
                 match queue.try_recv() {
-                    Ok(Command::Append(n, reply)) => group.push((n, reply)),
+                    Ok(Command::Append(n, reply)) => group.push(Pending::single(n, reply)),
+                    Ok(Command::AppendBatch(appends)) => group.extend(Pending::batch(appends)),
                     Ok(Command::Close) => closing = true,
                     Err(_) => break,
                 }
@@ -96,8 +134,15 @@ impl Writer {
         }
         queue.close();
         // Appends that raced with Close are refused rather than left hanging.
-        while let Ok(Command::Append(_, reply)) = queue.try_recv() {
-            let _ = reply.send(Err(SpoolError::Closed));
+        while let Ok(command) = queue.try_recv() {
+            let replies = match command {
+                Command::Append(_, reply) => vec![reply],
+                Command::AppendBatch(appends) => appends.into_iter().map(|(_, r)| r).collect(),
+                Command::Close => continue,
+            };
+            for reply in replies {
+                let _ = reply.send(Err(SpoolError::Closed));
+            }
         }
     }
 
@@ -117,7 +162,7 @@ impl Writer {
         }
     }
 
-    fn write_group(&mut self, group: &mut Vec<(Notification, Reply)>) {
+    fn write_group(&mut self, group: &mut Vec<Pending>) {
         if group.is_empty() {
             return;
         }
@@ -125,20 +170,29 @@ impl Writer {
         if let Err(e) = self.roll_if_needed() {
             tracing::error!(error = %e, "cannot start a new spool segment");
             self.shared.write_ok.store(false, Ordering::Relaxed);
-            for (_, reply) in group.drain(..) {
-                let _ = reply.send(Err(SpoolError::Io(io::Error::new(e.kind(), e.to_string()))));
+            for pending in group.drain(..) {
+                let error = SpoolError::Io(io::Error::new(e.kind(), e.to_string()));
+                let _ = pending.reply.send(Err(error));
             }
             return;
         }
         self.buffer.clear();
         let mut written = Vec::with_capacity(group.len());
         let used = self.shared.disk_bytes.load(Ordering::Relaxed);
-        for (notification, reply) in group.drain(..) {
+        let mut full = false;
+        for pending in group.drain(..) {
+            let reply = pending.reply;
+            // A batch keeps its order: what follows an append refused for room is refused too.
+            if pending.chained && full {
+                let _ = reply.send(Err(SpoolError::Full));
+                continue;
+            }
+            full = false;
             let before = self.buffer.len();
             if let Err(e) = record::encode(
                 self.next_seq,
                 self.active_generation,
-                &notification,
+                &pending.notification,
                 &mut self.buffer,
             ) {
                 let _ = reply.send(Err(SpoolError::Unrepresentable(e)));
@@ -146,6 +200,7 @@ impl Writer {
             }
             if used + self.buffer.len() as u64 > self.shared.max_bytes {
                 self.buffer.truncate(before);
+                full = true;
                 let _ = reply.send(Err(SpoolError::Full));
                 continue;
             }

@@ -38,3 +38,4 @@ mod subscriptions_cli;
 mod validation;
 mod webhook;
 mod websocket;
+mod websocket_flow;

@@ -22,7 +22,7 @@ const STALL: &str = "stall";
 
 /// What the fake Dataloy saw on one connection: the request path and the first client message.
 #[derive(Debug)]
-struct Seen {
+pub(crate) struct Seen {
     path: String,
     first_message: String,
 }
@@ -31,7 +31,9 @@ struct Seen {
 #[allow(clippy::result_large_err)]
 /// Serves connections one after another; connection `n` pushes `scripts[n]` and then either
 /// drops the connection (all but the last) or stays open.
-async fn fake_dataloy(scripts: Vec<Vec<String>>) -> (u16, mpsc::UnboundedReceiver<Seen>) {
+pub(crate) async fn fake_dataloy(
+    scripts: Vec<Vec<String>>,
+) -> (u16, mpsc::UnboundedReceiver<Seen>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let (seen_tx, seen_rx) = mpsc::unbounded_channel();
@@ -80,11 +82,11 @@ async fn fake_dataloy(scripts: Vec<Vec<String>>) -> (u16, mpsc::UnboundedReceive
     (port, seen_rx)
 }
 
-fn text(id: &str) -> String {
+pub(crate) fn text(id: &str) -> String {
     String::from_utf8(sample_with_id(id)).unwrap()
 }
 
-fn source(port: u16) -> WebSocketSourceSettings {
+pub(crate) fn source(port: u16) -> WebSocketSourceSettings {
     WebSocketSourceSettings {
         url: SecretString::from(format!(
             "ws://127.0.0.1:{port}/ws/rest/WebSocketObjectSubscription/PortCall/U/244070007/{TOKEN}"
