@@ -11,8 +11,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 mode=run
+short=false
 case "${1:-}" in
---short) seconds=${FUZZ_SHORT_SECONDS:-20}; shift ;;
+--short) seconds=${FUZZ_SHORT_SECONDS:-20}; short=true; shift ;;
 --merge) mode=merge; shift ;;
 '' | *[!0-9]*) echo "usage: scripts/fuzz.sh SECONDS|--short|--merge [TARGET...]" >&2; exit 2 ;;
 *) seconds=$1; shift ;;
@@ -21,6 +22,20 @@ if [[ $# -gt 0 ]]; then
     targets=("$@")
 else
     mapfile -t targets < <(ls fuzz/fuzz_targets | sed 's/\.rs$//')
+fi
+# The short pass (the test command's) leaves out a target with a known, not yet fixed finding in
+# fuzz/open-findings/TARGET: it would only find it again and fail every run. Naming the target
+# runs it anyway. Fixing the finding moves its input to fuzz/regressions/ and the target back in.
+if $short && [[ $# -eq 0 ]]; then
+    kept=()
+    for target in "${targets[@]}"; do
+        if compgen -G "fuzz/open-findings/$target/*" >/dev/null; then
+            echo "== leaving $target out of the short pass: open findings in fuzz/open-findings/$target"
+        else
+            kept+=("$target")
+        fi
+    done
+    targets=("${kept[@]}")
 fi
 
 if ! cargo fuzz --version >/dev/null 2>&1; then

@@ -203,7 +203,9 @@ impl ReaderCore {
     /// Moves past the damaged bytes at `at`: to the end of a range already quarantined, or to
     /// the next valid record after quarantining the range up to it.
     fn step_over_damage(&mut self, at: u64, position: &Position) -> io::Result<()> {
-        if let Some(end) = self.known_damage_end(at) {
+        // A known range moves the reader forward only if it ends past `at` (recorded damage
+        // never holds the reader in place).
+        if let Some(end) = self.known_damage_end(at).filter(|&end| end > at) {
             self.offset = end;
             return Ok(());
         }
@@ -296,7 +298,12 @@ impl ReaderCore {
             durable_len: segment.durable_len,
             closed: segment.closed,
             last_seq: segment.last_seq,
-            next_first_seq: segments.get(index + 1).map(|s| s.first_seq),
+            // Strictly after this one, so the reader always moves forward (a damaged spool can
+            // list segments out of order or twice; the fuzzer built one that looped here).
+            next_first_seq: segments[index + 1..]
+                .iter()
+                .map(|s| s.first_seq)
+                .find(|&first| first > segment.first_seq),
         })
     }
 }
