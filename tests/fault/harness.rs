@@ -122,7 +122,11 @@ pub struct Brokers<'a> {
 /// configuration every start of this run uses.
 pub fn prepare(dir: &Path, brokers: &Brokers) -> Layout {
     let binary = dir.join("dataloy-gateway");
-    std::fs::copy(env!("CARGO_BIN_EXE_dataloy-gateway"), &binary).unwrap();
+    // `DATALOY_FAULT_GATEWAY_BIN`: a copy made right after the build (scripts/fault-seeds.sh),
+    // which a later build of another branch into the same target directory cannot replace.
+    let built = std::env::var("DATALOY_FAULT_GATEWAY_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_dataloy-gateway").to_owned());
+    std::fs::copy(&built, &binary).unwrap();
     let layout = Layout {
         dir: dir.to_owned(),
         binary,

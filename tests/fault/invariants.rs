@@ -75,6 +75,14 @@ pub fn check_sink(model: &mut Model, sink: Sink, delivered: &[Delivered], quaran
         .filter(|w| w.sinks.contains(&sink))
         .map(|w| w.step)
         .collect();
+    let reasons: BTreeMap<&str, usize> = model
+        .windows
+        .iter()
+        .filter(|w| w.sinks.contains(&sink))
+        .fold(BTreeMap::new(), |mut m, w| {
+            *m.entry(w.why).or_default() += 1;
+            m
+        });
     let (mut resent, mut in_window, mut unexplained) = (0, 0, Vec::new());
     for (id, n) in &counts {
         if *n < 2 {
@@ -102,7 +110,7 @@ pub fn check_sink(model: &mut Model, sink: Sink, delivered: &[Delivered], quaran
         ));
     }
     println!(
-        "    {sink:?}: {} delivered, {} distinct; duplicates: {resent} after a lost answer, {in_window} in {} windows, {} unexplained; damaged and not delivered: {}",
+        "    {sink:?}: {} delivered, {} distinct; duplicates: {resent} after a lost answer, {in_window} in {} windows {reasons:?}, {} unexplained; damaged and not delivered: {}",
         delivered.len(),
         counts.len(),
         windows.len(),

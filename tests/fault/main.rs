@@ -19,7 +19,7 @@ mod run;
 use plan::Dedup;
 
 /// Steps per seed: enough for every fault to appear once among the drawn operations.
-const STEPS: usize = 16;
+const STEPS: usize = 24;
 
 /// Seeds that once failed, with the dedup backend they failed with; each must pass now.
 const REGRESSIONS: &[(u64, Dedup)] = &[];

@@ -37,10 +37,6 @@ impl Proxy {
         Proxy { port, state, task }
     }
 
-    pub fn mode(&self) -> Mode {
-        self.state.borrow().0
-    }
-
     pub fn set(&self, mode: Mode) {
         self.state.send_modify(|(current, generation)| {
             if mode == Mode::Down {

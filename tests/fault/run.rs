@@ -426,10 +426,17 @@ impl Run {
             self.resend_open().await;
         }
         if !self.model.open.is_empty() {
-            let open: Vec<_> = self.model.open.iter().cloned().collect();
+            let requests: Vec<_> = self
+                .model
+                .open
+                .iter()
+                .map(|id| (id.clone(), self.body_of(id)))
+                .collect();
+            let answers = self.post_all(requests, 4).await;
             self.model.finding(format!(
-                "4 s after a {stall_ms} ms Redis stall, still refused: {open:?}"
+                "4 s after a {stall_ms} ms Redis stall, still refused: {answers:?}"
             ));
+            self.apply(answers);
         }
     }
 
