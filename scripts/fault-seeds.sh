@@ -9,17 +9,26 @@ cd "$(dirname "$0")/.."
 count=${1:-10}
 
 source scripts/services.sh
-cargo test --no-run --test fault >/dev/null 2>&1 || cargo test --no-run --test fault
 
-mkdir -p target/fault-seeds
+# Build once, then run copies: another build into the same target directory cannot change the
+# binaries under the seeds.
+work="$(pwd)/target/fault-seeds"
+mkdir -p "$work"
+test_bin=$(cargo test --no-run --test fault --message-format=json 2>/dev/null |
+  sed -n 's/.*"executable":"\([^"]*\/fault-[^"]*\)".*/\1/p' | tail -1)
+[ -n "$test_bin" ] || { echo "could not build the fault test" >&2; exit 1; }
+cp "$test_bin" "$work/fault"
+cp "$(dirname "$test_bin")/../dataloy-gateway" "$work/dataloy-gateway"
+export DATALOY_FAULT_GATEWAY_BIN="$work/dataloy-gateway"
+
 failed=()
 for _ in $(seq 1 "$count"); do
   seed=$(( (RANDOM << 30) | (RANDOM << 15) | RANDOM ))
   dedup=memory
   (( RANDOM % 2 )) && dedup=redis
-  log="target/fault-seeds/$seed-$dedup.log"
+  log="$work/$seed-$dedup.log"
   if DATALOY_FAULT_SEED=$seed DATALOY_FAULT_DEDUP=$dedup \
-      cargo test -q --test fault -- --ignored seed_from_env --nocapture >"$log" 2>&1; then
+      "$work/fault" --ignored seed_from_env --nocapture >"$log" 2>&1; then
     echo "seed $seed ($dedup): passed"
   else
     echo "seed $seed ($dedup): FAILED, see $log"
