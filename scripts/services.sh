@@ -64,11 +64,13 @@ ensure_rabbitmq() {
 }
 
 ensure_redis() {
+  # The fault test (tests/fault/) starts redis-servers of its own, so the binary must be here
+  # even when a Redis is already listening.
+  command -v redis-server >/dev/null 2>&1 || apt_install redis-server
   if port_open 6379; then
     echo "== Redis is listening on 127.0.0.1:6379"
     return
   fi
-  command -v redis-server >/dev/null 2>&1 || apt_install redis-server
   echo "== starting Redis"
   redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
     --logfile "$SERVICES_LOG_DIR/redis.log"
