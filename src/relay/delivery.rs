@@ -237,3 +237,94 @@ pub(super) fn panic_message(payload: &(dyn Any + Send)) -> &str {
         .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
         .unwrap_or("(no message)")
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::envelope::Envelope;
+    use crate::sink::PublishError;
+
+    /// A sink that panics on the notification with id `poison` and records every other one it
+    /// is handed, in order.
+    struct PanickingSink {
+        poison: &'static str,
+        delivered: Mutex<Vec<String>>,
+    }
+
+    #[async_trait]
+    impl Sink for PanickingSink {
+        fn name(&self) -> &'static str {
+            "test"
+        }
+
+        async fn publish(&self, batch: &[Notification]) -> Result<(), PublishError> {
+            if batch.iter().any(|n| &*n.envelope.id == self.poison) {
+                panic!("a value this sink cannot handle");
+            }
+            let mut delivered = self.delivered.lock().unwrap();
+            delivered.extend(batch.iter().map(|n| n.envelope.id.to_string()));
+            Ok(())
+        }
+
+        fn is_up(&self) -> bool {
+            true
+        }
+    }
+
+    fn notification(id: &str) -> Notification {
+        let body = Bytes::from(format!(
+            r#"{{"id":"{id}","eventTime":"2016-09-14T13:37:26","objectType":"PortCall","eventType":"U","dataloyObject":1,"subscription":{{"key":7}},"resource":null}}"#
+        ));
+        Notification::new(Envelope::parse(&body).expect("valid"), body)
+    }
+
+    #[tokio::test]
+    async fn a_notification_that_makes_the_sink_panic_goes_to_dead_letters_and_the_rest_are_delivered(
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DeadLetterStore::open(dir.path(), 1 << 20).unwrap();
+        let metrics = Metrics::new();
+        let sink = PanickingSink {
+            poison: "p-3",
+            delivered: Mutex::default(),
+        };
+        let settings = RelaySettings::default();
+        let delivery = Delivery {
+            sink: &sink,
+            settings: &settings,
+            metrics: &metrics,
+            dead_letters: &store,
+        };
+        let batch: Vec<_> = (1..=5).map(|i| notification(&format!("p-{i}"))).collect();
+        let (_stop, shutdown) = watch::channel(false);
+        let (_interrupt, interrupt) = watch::channel(false);
+
+        let done = delivery.deliver(&batch, shutdown, interrupt).await;
+
+        assert_eq!(done, 5, "the whole batch is dealt with");
+        assert_eq!(
+            *sink.delivered.lock().unwrap(),
+            ["p-1", "p-2", "p-4", "p-5"],
+            "every other notification delivered once, in order"
+        );
+        let entries: Vec<_> = store
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].id, "p-3");
+        assert_eq!(entries[0].reason, Reason::SinkPanic);
+        assert!(
+            entries[0].error.contains("cannot handle"),
+            "{}",
+            entries[0].error
+        );
+    }
+}
