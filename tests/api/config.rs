@@ -167,3 +167,56 @@ fn the_binary_refuses_a_bad_config_and_names_the_key() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("server.bind"), "{stderr}");
 }
+
+#[test]
+fn numeric_looking_secrets_from_the_environment_stay_text() {
+    use secrecy::ExposeSecret;
+    for token in ["1e5", "007", "0x10", "true", "1.50"] {
+        let settings = load(
+            "[auth]\nmode = \"bearer\"\n",
+            &[("DATALOY_GATEWAY__AUTH__TOKEN", token)],
+        )
+        .unwrap();
+        let loaded = settings.auth.token.expect("token set");
+        assert_eq!(
+            loaded.expose_secret(),
+            token,
+            "re-typed from the environment"
+        );
+    }
+}
+
+#[test]
+fn a_debug_print_of_the_settings_shows_no_secret() {
+    let secrets = [
+        "kafka-sasl-S3cret",
+        "redis-pa55word",
+        "rabbit-pa55word",
+        "bearer-t0ken",
+        "ws-t0ken-in-url",
+    ];
+    let settings = load(
+        r#"
+[auth]
+mode = "bearer"
+token = "bearer-t0ken"
+[dedup]
+backend = "redis"
+redis_url = "redis://:redis-pa55word@127.0.0.1:6379"
+[sinks.rabbitmq]
+uri = "amqp://gw:rabbit-pa55word@127.0.0.1:5672/%2f"
+[sinks.kafka]
+brokers = "127.0.0.1:9092"
+[sinks.kafka.properties]
+"sasl.password" = "kafka-sasl-S3cret"
+[sources.websocket.s]
+url = "wss://dataloy.example/ws/rest/WebSocketAlertScript/BUP/ws-t0ken-in-url"
+"#,
+        &[],
+    )
+    .unwrap();
+    let printed = format!("{settings:?} {settings:#?}");
+    for secret in secrets {
+        assert!(!printed.contains(secret), "{secret} printed by Debug");
+    }
+}
