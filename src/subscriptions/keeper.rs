@@ -75,7 +75,12 @@ impl Keeper {
             Operation::ALL.iter().map(|o| o.as_str()),
         );
         Ok(Keeper {
-            client: DataloyClient::new(settings)?,
+            client: DataloyClient::new(
+                settings,
+                subscriptions
+                    .values()
+                    .flat_map(|s| strings_in(&serde_json::Value::Object(s.extra.0.clone()))),
+            )?,
             desired: subscriptions
                 .iter()
                 .map(|(name, s)| DesiredSubscription::new(name, s))
@@ -324,6 +329,16 @@ fn retry_delays(initial: Duration, interval: Duration) -> impl Iterator<Item = D
         .without_max_times()
         .build()
         .map(move |delay| delay.min(interval))
+}
+
+/// Every string inside `value` (the `extra` tables, which may hold credentials).
+fn strings_in(value: &serde_json::Value) -> Vec<String> {
+    match value {
+        serde_json::Value::String(s) => vec![s.clone()],
+        serde_json::Value::Array(items) => items.iter().flat_map(strings_in).collect(),
+        serde_json::Value::Object(members) => members.values().flat_map(strings_in).collect(),
+        _ => Vec::new(),
+    }
 }
 
 fn keyless(operation: crate::dataloy::Operation) -> DataloyError {
