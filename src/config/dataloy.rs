@@ -487,6 +487,29 @@ channelInfo = { channelType = { channelTypeCode = "HTTP" }, userName = "dataloy"
     }
 
     #[test]
+    fn a_toml_syntax_error_names_line_and_key_without_quoting_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.toml");
+        for broken in [
+            r#"client_secret = "S3cr3t-Sh0uld-N3ver-Leak"#,
+            r#"client_secret = "S3cr3t-Sh0uld"-N3ver-Leak""#,
+            "client_secret = S3cr3t-Sh0uld-N3ver-Leak",
+        ] {
+            let text = format!(
+                "[sinks.file]\npath = \"events.jsonl\"\n[dataloy]\nclient_id = \"gateway\"\n{broken}\n"
+            );
+            std::fs::write(&path, text).unwrap();
+            let error = crate::config::Settings::load_with_env(Some(&path), [])
+                .unwrap_err()
+                .to_string();
+            assert!(!error.contains("Sh0uld"), "{error}");
+            assert!(!error.contains("N3ver"), "{error}");
+            assert!(error.contains("line 5"), "{error}");
+            assert!(error.contains("`dataloy.client_secret`"), "{error}");
+        }
+    }
+
+    #[test]
     fn debug_output_shows_neither_the_secret_nor_extra_values() {
         let mut s = subscription();
         s.extra.0.insert(
