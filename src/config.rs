@@ -27,8 +27,69 @@ const MAX_COMMIT_INTERVAL: Duration = Duration::from_millis(100);
 pub enum ConfigError {
     #[error("cannot load configuration: {0}")]
     Load(#[from] config::ConfigError),
+    /// A TOML syntax error, told by position and toml's message only: toml's own report quotes
+    /// the source line, which may hold `dataloy.client_secret`.
+    #[error("cannot load configuration: {file}: TOML syntax error at line {line}, column {column}{}: {message}", key_suffix(.key))]
+    Syntax {
+        file: String,
+        line: usize,
+        column: usize,
+        /// The key set on that line, when the line has one.
+        key: Option<String>,
+        message: String,
+    },
     #[error("invalid configuration: `{key}` {message}")]
     Invalid { key: &'static str, message: String },
+}
+
+fn key_suffix(key: &Option<String>) -> String {
+    key.as_ref()
+        .map(|k| format!(" (key `{k}`)"))
+        .unwrap_or_default()
+}
+
+/// Parses `text` (the contents of `file`) as TOML only to report a syntax error without quoting the
+/// file; `config` then reads it again.
+fn check_toml_syntax(file: &str, text: &str) -> Result<(), ConfigError> {
+    let Err(error) = text.parse::<toml::Table>() else {
+        return Ok(());
+    };
+    let mut offset = error.span().map_or(0, |span| span.start).min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    let source_line = text[line_start..].lines().next().unwrap_or("");
+    // Only bare keys (the characters TOML allows in one) are named: never part of a value.
+    let bare = |key: &str| {
+        !key.is_empty()
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    };
+    let table = before[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim());
+    let key = source_line.split_once('=').and_then(|(key, _)| {
+        let key = key.trim();
+        bare(key).then(|| match table {
+            Some(table) if bare(table) => format!("{table}.{key}"),
+            _ => key.to_owned(),
+        })
+    });
+    Err(ConfigError::Syntax {
+        file: file.to_owned(),
+        line,
+        column,
+        key,
+        message: error.message().trim().to_owned(),
+    })
 }
 
 fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
@@ -631,6 +692,12 @@ impl Settings {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Settings, ConfigError> {
+        if let Some(path) = file {
+            // Unreadable: `config` says why below.
+            if let Ok(text) = std::fs::read_to_string(path) {
+                check_toml_syntax(&path.display().to_string(), &text)?;
+            }
+        }
         let file = file.map(|path| config::File::from(path).required(true));
         Self::load_from(file, env)
     }
@@ -640,6 +707,7 @@ impl Settings {
         toml: &str,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Settings, ConfigError> {
+        check_toml_syntax("the configuration", toml)?;
         Self::load_from(
             Some(config::File::from_str(toml, config::FileFormat::Toml)),
             env,

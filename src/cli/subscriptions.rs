@@ -90,57 +90,28 @@ struct Applied<'a> {
     error: Option<String>,
 }
 
-/// One reconcile, then a second list to check that Dataloy now matches.
+/// One reconcile; the keeper lists again after changes to check that Dataloy now matches.
 async fn apply(keeper: &Keeper, json: bool) -> ExitCode {
     let report = match keeper.reconcile().await {
         Ok(report) => report,
         Err(e) => return failed("subscriptions apply", &e),
     };
-    let after = keeper.plan().await;
-    let failures: Vec<&ChangeResult> = report.failures().collect();
-    let remaining = after.as_ref().ok();
-    let matches = failures.is_empty() && remaining.is_some_and(|plan| plan.changes() == 0);
+    let matches = report.matches();
     let applied = Applied {
         matches,
         changes: &report.changes,
-        remaining,
-        error: after.as_ref().err().map(ToString::to_string),
+        remaining: report.after(),
+        error: report.check_error.clone(),
     };
     print(json, &applied, || apply_text(&applied));
     if matches {
         return ExitCode::SUCCESS;
     }
-    let mut names: Vec<String> = failures
-        .iter()
-        .map(|f| format!("{} ({})", f.subject, f.action))
-        .collect();
-    if let Some(plan) = remaining {
-        names.extend(pending(plan));
-    }
-    if let Some(e) = after.as_ref().err() {
-        names.push(format!("checking the result: {e}"));
-    }
     eprintln!(
         "dataloy-gateway: subscriptions apply: Dataloy does not match the configuration: {}",
-        names.join("; ")
+        report.unmatched().join("; ")
     );
     ExitCode::from(EXIT_FAILED)
-}
-
-/// The changes a plan still holds, as `subject (action)`.
-fn pending(plan: &Plan) -> Vec<String> {
-    let declared = plan
-        .subscriptions
-        .iter()
-        .filter(|s| !matches!(s.action, Action::Unchanged { .. }))
-        .map(|s| format!("subscription {} ({})", s.name, s.action.as_str()));
-    let undeclared = plan.undeclared.iter().filter(|u| u.delete).map(|u| {
-        format!(
-            "undeclared subscription {} (delete)",
-            u.key.as_ref().map_or("(no key)", |k| k.0.as_str())
-        )
-    });
-    declared.chain(undeclared).collect()
 }
 
 fn failed(command: &str, error: &dyn std::error::Error) -> ExitCode {

@@ -152,13 +152,27 @@ pub(super) fn validate(
 }
 
 fn validate_dataloy(dataloy: &DataloySettings) -> Result<(), ConfigError> {
-    check_http_url("dataloy.base_url", &dataloy.base_url)?;
-    check_http_url("dataloy.token_url", &dataloy.token_url)?;
+    for (key, value) in [
+        ("dataloy.base_url", &dataloy.base_url),
+        ("dataloy.token_url", &dataloy.token_url),
+    ] {
+        let url = check_http_url(key, value)?;
+        // Paths are appended to base_url: a query or fragment would swallow them.
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(invalid(
+                key,
+                "must not have a query (`?…`) or fragment (`#…`); Dataloy's paths are appended to it",
+            ));
+        }
+    }
     if dataloy.client_id.trim().is_empty() {
         return Err(invalid("dataloy.client_id", "is required"));
     }
-    if dataloy.client_secret.expose_secret().is_empty() {
-        return Err(invalid("dataloy.client_secret", "is required"));
+    if dataloy.client_secret.expose_secret().trim().is_empty() {
+        return Err(invalid(
+            "dataloy.client_secret",
+            "is required (and not only whitespace)",
+        ));
     }
     if dataloy.reconcile_interval < MIN_RECONCILE_INTERVAL
         || dataloy.reconcile_interval > MAX_RECONCILE_INTERVAL
@@ -401,8 +415,32 @@ mod tests {
         let message = error_of(Some(&d), "a", subscription());
         assert!(message.contains("`dataloy.token_url`"), "{message}");
         assert!(!message.contains("pw@"), "{message}");
+        for (url, query) in [
+            ("https://dataloy.example/?a=b", true),
+            ("https://dataloy.example#frag", true),
+            ("https://dataloy.example/?", true),
+            ("https://dataloy.example/base/", false),
+        ] {
+            let mut d = dataloy();
+            d.base_url = url.into();
+            let subs = BTreeMap::from([("a".to_owned(), subscription())]);
+            match validate(Some(&d), &subs) {
+                Err(e) if query => assert!(e.to_string().contains("`dataloy.base_url`"), "{e}"),
+                Ok(()) if !query => {}
+                other => panic!("{url}: {other:?}"),
+            }
+            let mut d = dataloy();
+            d.token_url = url.into();
+            match validate(Some(&d), &subs) {
+                Err(e) if query => assert!(e.to_string().contains("`dataloy.token_url`"), "{e}"),
+                Ok(()) if !query => {}
+                other => panic!("{url}: {other:?}"),
+            }
+        }
         let mut d = dataloy();
         d.client_secret = SecretString::from("");
+        assert!(error_of(Some(&d), "a", subscription()).contains("`dataloy.client_secret`"));
+        d.client_secret = SecretString::from(" \t ");
         assert!(error_of(Some(&d), "a", subscription()).contains("`dataloy.client_secret`"));
         let mut d = dataloy();
         d.reconcile_interval = Duration::from_millis(10);
@@ -484,6 +522,29 @@ channelInfo = { channelType = { channelTypeCode = "HTTP" }, userName = "dataloy"
             serde_json::Value::Object(orders.extra.0.clone()),
             serde_json::json!({"channelInfo": {"channelType": {"channelTypeCode": "HTTP"}, "userName": "dataloy"}})
         );
+    }
+
+    #[test]
+    fn a_toml_syntax_error_names_line_and_key_without_quoting_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.toml");
+        for broken in [
+            r#"client_secret = "S3cr3t-Sh0uld-N3ver-Leak"#,
+            r#"client_secret = "S3cr3t-Sh0uld"-N3ver-Leak""#,
+            "client_secret = S3cr3t-Sh0uld-N3ver-Leak",
+        ] {
+            let text = format!(
+                "[sinks.file]\npath = \"events.jsonl\"\n[dataloy]\nclient_id = \"gateway\"\n{broken}\n"
+            );
+            std::fs::write(&path, text).unwrap();
+            let error = crate::config::Settings::load_with_env(Some(&path), [])
+                .unwrap_err()
+                .to_string();
+            assert!(!error.contains("Sh0uld"), "{error}");
+            assert!(!error.contains("N3ver"), "{error}");
+            assert!(error.contains("line 5"), "{error}");
+            assert!(error.contains("`dataloy.client_secret`"), "{error}");
+        }
     }
 
     #[test]

@@ -118,25 +118,71 @@ impl DataloyError {
     }
 }
 
-/// Removes the client secret from text that came from outside (an error body may echo the
-/// request) and shortens it.
+/// Removes the client secret and the `extra` values (which may hold the HTTP channel's
+/// credentials) from text that came from outside (an error body may echo the request), and
+/// shortens it.
 struct Redactor {
-    secret: SecretString,
+    /// Longest first, so that a secret containing another is removed whole.
+    secrets: Vec<SecretString>,
 }
 
+/// `extra` values shorter than this are not scrubbed (a code such as `HTTP` would wreck every
+/// message and is no credential).
+const MIN_REDACTED_CHARS: usize = 4;
+
 impl Redactor {
+    fn new(client_secret: &SecretString, also: impl IntoIterator<Item = String>) -> Self {
+        let mut secrets: Vec<SecretString> = std::iter::once(client_secret.clone())
+            .chain(
+                also.into_iter()
+                    .filter(|s| s.chars().count() >= MIN_REDACTED_CHARS)
+                    .map(SecretString::from),
+            )
+            .filter(|s| !s.expose_secret().is_empty())
+            .collect();
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.expose_secret().len()));
+        Self { secrets }
+    }
+
     fn clean(&self, text: &str) -> String {
-        let secret = self.secret.expose_secret();
-        let text = if secret.is_empty() {
-            text.to_owned()
-        } else {
-            text.replace(secret, "[redacted]")
-        };
+        let mut text = text.to_owned();
+        for secret in &self.secrets {
+            let secret = secret.expose_secret();
+            text = text.replace(secret, "[redacted]");
+            // As Rust's `{:?}` (serde's messages) writes it, quotes and escapes included.
+            let debug = format!("{secret:?}");
+            let escaped = &debug[1..debug.len() - 1];
+            if escaped != secret {
+                text = text.replace(escaped, "[redacted]");
+            }
+        }
         let mut short: String = text.chars().take(MAX_MESSAGE_CHARS).collect();
         if short.len() < text.len() {
             short.push('…');
         }
         short
+    }
+
+    /// Why an answer did not parse, without quoting any value from it: serde's own message
+    /// quotes the offending value (`invalid type: string "…"`), which may be the secret echoed
+    /// back.
+    fn parse_error(&self, error: &serde_json::Error) -> String {
+        use serde_json::error::Category;
+        let at = format!("at line {} column {}", error.line(), error.column());
+        let text = match error.classify() {
+            Category::Io => "cannot be read".to_owned(),
+            Category::Syntax => format!("not valid JSON {at}"),
+            Category::Eof => format!("the JSON ends early {at}"),
+            Category::Data => {
+                let message = error.to_string();
+                // `missing field `x`` names one of our own fields, never a value.
+                match message.strip_suffix(&format!(" {at}")) {
+                    Some(missing) if missing.starts_with("missing field `") => missing.to_owned(),
+                    _ => format!("a member has the wrong type or value {at}"),
+                }
+            }
+        };
+        self.clean(&text)
     }
 
     /// Dataloy's or the token endpoint's explanation in an error body (`message`,
@@ -184,7 +230,12 @@ pub struct DataloyClient {
 }
 
 impl DataloyClient {
-    pub fn new(settings: &DataloySettings) -> Result<Self, DataloyError> {
+    /// A client for `settings`; `also_secret` are further values (the `extra` members'
+    /// strings) scrubbed, like the client secret, from every error text built from an answer.
+    pub fn new(
+        settings: &DataloySettings,
+        also_secret: impl IntoIterator<Item = String>,
+    ) -> Result<Self, DataloyError> {
         let invalid = |what: &str| DataloyError::Client(format!("{what} is not a URL"));
         let base = settings.base_url.trim_end_matches('/');
         let resource = reqwest::Url::parse(&format!("{base}/ws/rest/{SUBSCRIPTION_RESOURCE}"))
@@ -213,9 +264,7 @@ impl DataloyClient {
                 settings.client_secret.clone(),
                 settings.audience.clone(),
             ),
-            redactor: Redactor {
-                secret: settings.client_secret.clone(),
-            },
+            redactor: Redactor::new(&settings.client_secret, also_secret),
             max_response_bytes: settings.max_response_bytes.bytes() as usize,
         })
     }
@@ -230,7 +279,10 @@ impl DataloyClient {
             .await?;
         serde_json::from_slice(&body).map_err(|e| DataloyError::InvalidResponse {
             operation,
-            reason: format!("the list is not a JSON array of subscriptions: {e}"),
+            reason: format!(
+                "the list is not a JSON array of subscriptions: {}",
+                self.redactor.parse_error(&e)
+            ),
         })
     }
 
@@ -333,9 +385,7 @@ mod tests {
 
     #[test]
     fn error_messages_lose_the_secret_and_stay_short() {
-        let redactor = Redactor {
-            secret: SecretString::from("s3cret"),
-        };
+        let redactor = Redactor::new(&SecretString::from("s3cret"), ["hunter2-pw".to_owned()]);
         let body = br#"{"error":"invalid_client","error_description":"bad secret s3cret"}"#;
         assert_eq!(
             redactor.message_of(body).as_deref(),
@@ -345,5 +395,49 @@ mod tests {
         let message = redactor.message_of(long.as_bytes()).unwrap();
         assert_eq!(message.chars().count(), MAX_MESSAGE_CHARS + 1);
         assert_eq!(redactor.message_of(b"<html>"), None);
+        let echoed = br#"{"message":"bad password hunter2-pw"}"#;
+        assert_eq!(
+            redactor.message_of(echoed).as_deref(),
+            Some("bad password [redacted]")
+        );
+    }
+
+    #[test]
+    fn parse_errors_quote_no_value_from_the_answer() {
+        let secret = r#"se"c\ret-value"#;
+        let redactor = Redactor::new(&SecretString::from(secret), []);
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Token {
+            access_token: String,
+            expires_in: Option<u64>,
+        }
+        let answers = [
+            serde_json::json!({"access_token": "t", "expires_in": secret}).to_string(),
+            serde_json::json!({"expires_in": 1}).to_string(),
+            serde_json::json!([secret]).to_string(),
+            format!(r#"{{"access_token": {secret}"#),
+        ];
+        for answer in answers {
+            let error = serde_json::from_str::<Token>(&answer).unwrap_err();
+            let text = redactor.parse_error(&error);
+            assert!(
+                !text.contains("se\\\"c") && !text.contains("ret-value"),
+                "{text}"
+            );
+            assert!(
+                text.contains("line 1 column") || text.contains("missing field"),
+                "{text}"
+            );
+        }
+        let missing = serde_json::from_str::<Token>(r#"{"expires_in": 1}"#).unwrap_err();
+        assert_eq!(
+            redactor.parse_error(&missing),
+            "missing field `access_token`"
+        );
+        assert_eq!(
+            redactor.clean(&format!("{:?} and {secret}", secret)),
+            "\"[redacted]\" and [redacted]"
+        );
     }
 }

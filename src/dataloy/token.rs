@@ -122,7 +122,7 @@ impl TokenSource {
         let token: TokenResponse =
             serde_json::from_slice(&bytes).map_err(|e| DataloyError::InvalidResponse {
                 operation,
-                reason: format!("not a token response: {e}"),
+                reason: format!("not a token response: {}", redactor.parse_error(&e)),
             })?;
         if token.access_token.is_empty() {
             return Err(DataloyError::InvalidResponse {

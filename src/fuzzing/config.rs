@@ -21,6 +21,9 @@ pub fn config_load(data: &[u8]) {
         Err(ConfigError::Invalid { key, message }) => {
             assert!(!key.is_empty() && !message.is_empty(), "{key}: {message}");
         }
+        Err(ConfigError::Syntax { line, message, .. }) => {
+            assert!(line >= 1 && !message.is_empty(), "line {line}: {message}");
+        }
         Err(error @ ConfigError::Load(_)) => {
             let message = error.to_string();
             assert!(

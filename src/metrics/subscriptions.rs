@@ -63,7 +63,8 @@ impl SubscriptionSeries {
             Opts::new(
                 "subscription_reconcile_errors_total",
                 "Failed calls to Dataloy during reconciles, by operation (token, list, create, \
-                 update, delete).",
+                 update, delete), and `verify`: reconciles after which Dataloy, listed again, \
+                 still did not match although it accepted every change.",
             ),
             &["operation"],
         )

@@ -2,7 +2,7 @@
 //! that runs it at start-up and every `reconcile_interval`, retrying sooner with backoff after a
 //! failure. It runs beside the webhook path and shares nothing with it but the metrics registry.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime};
 
 use backon::BackoffBuilder;
@@ -27,6 +27,10 @@ pub struct Keeper {
     /// When each declared subscription was last seen active: the start of its missed window if
     /// Dataloy deactivates it without an `unsubscriptionDate`.
     last_seen_active: parking_lot::Mutex<HashMap<String, SystemTime>>,
+    /// `(key, attribute)` of members Dataloy still listed as `null` after an update set them:
+    /// it writes members it does not show as `null`, so they are no longer compared (else
+    /// every reconcile would update the subscription again).
+    unreported: parking_lot::Mutex<HashSet<(SubscriptionKey, &'static str)>>,
 }
 
 /// What one reconcile found and did.
@@ -34,6 +38,11 @@ pub struct Keeper {
 pub struct Report {
     pub plan: Plan,
     pub changes: Vec<ChangeResult>,
+    /// After changes: what still differs when Dataloy was listed again (`None` when nothing was
+    /// changed, or the second list failed).
+    pub remaining: Option<Plan>,
+    /// Why the second list failed.
+    pub check_error: Option<String>,
 }
 
 /// The outcome of one change.
@@ -58,9 +67,49 @@ pub struct MissedWindow {
     pub seconds: Option<u64>,
 }
 
+/// The label of `subscription_reconcile_errors_total` counting reconciles after which Dataloy,
+/// listed again, still did not match the configuration although every change was accepted.
+pub const VERIFY: &str = "verify";
+
 impl Report {
     pub fn failures(&self) -> impl Iterator<Item = &ChangeResult> {
         self.changes.iter().filter(|c| c.error.is_some())
+    }
+
+    /// What differs after the reconcile: the plan made after the changes (the first one when
+    /// nothing was changed); `None` when the second list failed.
+    pub fn after(&self) -> Option<&Plan> {
+        if self.changes.is_empty() {
+            Some(&self.plan)
+        } else {
+            self.remaining.as_ref()
+        }
+    }
+
+    /// Whether Dataloy matches the configuration after this reconcile: every change was
+    /// accepted and the list made afterwards shows nothing left to change.
+    pub fn matches(&self) -> bool {
+        self.failures().next().is_none() && self.after().is_some_and(|plan| plan.changes() == 0)
+    }
+
+    /// Each subscription that failed or still differs, once, as `subject (action)`.
+    pub fn unmatched(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .failures()
+            .map(|f| format!("{} ({})", f.subject, f.action))
+            .collect();
+        if let Some(plan) = self.after() {
+            for pending in plan.pending() {
+                let subject = pending.split(" (").next().unwrap_or_default();
+                if !names.iter().any(|n| n.split(" (").next() == Some(subject)) {
+                    names.push(pending);
+                }
+            }
+        }
+        if let Some(e) = &self.check_error {
+            names.push(format!("checking the result: {e}"));
+        }
+        names
     }
 }
 
@@ -72,10 +121,15 @@ impl Keeper {
     ) -> Result<Keeper, DataloyError> {
         metrics.subscriptions().declare(
             subscriptions.keys().map(String::as_str),
-            Operation::ALL.iter().map(|o| o.as_str()),
+            Operation::ALL.iter().map(|o| o.as_str()).chain([VERIFY]),
         );
         Ok(Keeper {
-            client: DataloyClient::new(settings)?,
+            client: DataloyClient::new(
+                settings,
+                subscriptions
+                    .values()
+                    .flat_map(|s| strings_in(&serde_json::Value::Object(s.extra.0.clone()))),
+            )?,
             desired: subscriptions
                 .iter()
                 .map(|(name, s)| DesiredSubscription::new(name, s))
@@ -86,6 +140,7 @@ impl Keeper {
             retry_initial_backoff: settings.retry_initial_backoff,
             metrics,
             last_seen_active: parking_lot::Mutex::default(),
+            unreported: parking_lot::Mutex::default(),
         })
     }
 
@@ -108,14 +163,14 @@ impl Keeper {
 
     /// What a reconcile would change now; changes nothing.
     pub async fn plan(&self) -> Result<Plan, DataloyError> {
-        Ok(Plan::new(&self.desired, &self.list().await?, self.prune))
+        Ok(self.plan_for(&self.list().await?))
     }
 
     /// Lists Dataloy's subscriptions and makes them match the declared ones. `Err` when the list
     /// failed; a failed change is in the report (the others are still made).
     pub async fn reconcile(&self) -> Result<Report, DataloyError> {
         let remote = self.list().await?;
-        let plan = Plan::new(&self.desired, &remote, self.prune);
+        let plan = self.plan_for(&remote);
         let mut changes = Vec::new();
         for (desired, planned) in self.desired.iter().zip(&plan.subscriptions) {
             let name = desired.name.as_str();
@@ -183,14 +238,121 @@ impl Keeper {
             };
             changes.push(self.finish(subject, "delete", result, None));
         }
-        let report = Report { plan, changes };
-        if report.failures().next().is_none() {
+        let mut report = Report {
+            plan,
+            changes,
+            remaining: None,
+            check_error: None,
+        };
+        if !report.changes.is_empty() {
+            self.check(&mut report).await;
+        }
+        if report.matches() {
             let now = SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .unwrap_or_default();
             self.metrics.subscriptions().reconciled(now.as_secs_f64());
         }
         Ok(report)
+    }
+
+    /// The plan for `remote`, without drift in members Dataloy was seen not to report.
+    fn plan_for(&self, remote: &[RemoteSubscription]) -> Plan {
+        let mut plan = Plan::new(&self.desired, remote, self.prune);
+        self.forgive(&mut plan);
+        plan
+    }
+
+    fn forgive(&self, plan: &mut Plan) {
+        let unreported = self.unreported.lock();
+        if unreported.is_empty() {
+            return;
+        }
+        for planned in &mut plan.subscriptions {
+            if let Action::Update {
+                key: Some(key),
+                drift,
+            } = &mut planned.action
+            {
+                drift.retain(|d| !unreported.contains(&(key.clone(), d.attribute)));
+                if drift.is_empty() {
+                    planned.action = Action::Unchanged {
+                        key: Some(key.clone()),
+                    };
+                }
+            }
+        }
+    }
+
+    /// A `json` or `expression` this reconcile's update set, which Dataloy, listed again, still
+    /// gives as `null`: Dataloy does not show it. Warned about once, and no longer compared.
+    fn learn_unreported(&self, report: &Report, after: &mut Plan, remote: &[RemoteSubscription]) {
+        for planned in &after.subscriptions {
+            let Action::Update {
+                key: Some(key),
+                drift,
+            } = &planned.action
+            else {
+                continue;
+            };
+            let subject = format!("subscription {}", planned.name);
+            let updated = report
+                .changes
+                .iter()
+                .any(|c| c.subject == subject && c.action == "update" && c.error.is_none());
+            let Some(found) = remote.iter().find(|r| r.key.as_ref() == Some(key)) else {
+                continue;
+            };
+            for d in drift {
+                let null = match d.attribute {
+                    "json" => found.json == Some(None),
+                    "expression" => found.expression == Some(None),
+                    _ => false,
+                };
+                if updated && null && self.unreported.lock().insert((key.clone(), d.attribute)) {
+                    tracing::warn!(
+                        subscription = planned.name.as_str(),
+                        key = key.0.as_str(),
+                        attribute = d.attribute,
+                        "Dataloy still lists this member as null after the update set it: it \
+                         does not show it, so it is no longer compared"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Lists Dataloy again after changes: a change Dataloy accepted but did not make (a create
+    /// that never shows in the list) would otherwise be made again at every reconcile, each
+    /// time counted as a success. What still differs is counted (`verify`) and warned about.
+    async fn check(&self, report: &mut Report) {
+        let remote = match self.list().await {
+            Ok(remote) => remote,
+            Err(e) => {
+                report.check_error = Some(e.to_string());
+                return;
+            }
+        };
+        let mut after = Plan::new(&self.desired, &remote, self.prune);
+        self.learn_unreported(report, &mut after, &remote);
+        self.forgive(&mut after);
+        for planned in &after.subscriptions {
+            if matches!(planned.action, Action::Create | Action::Recreate { .. }) {
+                self.metrics
+                    .subscriptions()
+                    .set_active(&planned.name, false);
+            }
+        }
+        let accepted = report.failures().next().is_none();
+        report.remaining = Some(after);
+        if accepted && !report.matches() {
+            self.metrics.subscriptions().reconcile_failed(VERIFY);
+            tracing::warn!(
+                still_differing = report.unmatched().join("; "),
+                "Dataloy accepted every change but, listed again, still does not match the \
+                 configuration"
+            );
+        }
     }
 
     /// Logs and counts one change's outcome.
@@ -295,16 +457,19 @@ impl Keeper {
     async fn reconcile_and_log(&self) -> bool {
         match self.reconcile().await {
             Ok(report) => {
-                let failed = report.failures().count();
-                if failed > 0 {
-                    tracing::warn!(failed, "reconcile left Dataloy's subscriptions unlike the configuration; retrying with backoff");
+                let matches = report.matches();
+                if !matches {
+                    tracing::warn!(
+                        unmatched = report.unmatched().join("; "),
+                        "reconcile left Dataloy's subscriptions unlike the configuration; retrying with backoff"
+                    );
                 } else if !report.changes.is_empty() {
                     tracing::info!(
                         changes = report.changes.len(),
                         "Dataloy's subscriptions match the configuration again"
                     );
                 }
-                failed == 0
+                matches
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list Dataloy's subscriptions; retrying with backoff");
@@ -324,6 +489,16 @@ fn retry_delays(initial: Duration, interval: Duration) -> impl Iterator<Item = D
         .without_max_times()
         .build()
         .map(move |delay| delay.min(interval))
+}
+
+/// Every string inside `value` (the `extra` tables, which may hold credentials).
+fn strings_in(value: &serde_json::Value) -> Vec<String> {
+    match value {
+        serde_json::Value::String(s) => vec![s.clone()],
+        serde_json::Value::Array(items) => items.iter().flat_map(strings_in).collect(),
+        serde_json::Value::Object(members) => members.values().flat_map(strings_in).collect(),
+        _ => Vec::new(),
+    }
 }
 
 fn keyless(operation: crate::dataloy::Operation) -> DataloyError {

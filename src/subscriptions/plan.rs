@@ -132,6 +132,22 @@ impl Plan {
         }
     }
 
+    /// The changes this plan holds, as `subject (action)`.
+    pub fn pending(&self) -> Vec<String> {
+        let declared = self
+            .subscriptions
+            .iter()
+            .filter(|s| !matches!(s.action, Action::Unchanged { .. }))
+            .map(|s| format!("subscription {} ({})", s.name, s.action.as_str()));
+        let undeclared = self.undeclared.iter().filter(|u| u.delete).map(|u| {
+            format!(
+                "undeclared subscription {} (delete)",
+                u.key.as_ref().map_or("(no key)", |k| k.0.as_str())
+            )
+        });
+        declared.chain(undeclared).collect()
+    }
+
     /// How many changes a reconcile would make.
     pub fn changes(&self) -> usize {
         let declared = self

@@ -65,6 +65,12 @@ struct State {
     expired_refusals: u32,
     requests: Vec<Recorded>,
     refuse_creates: bool,
+    /// Answers creates 201 without keeping the subscription (a lost create).
+    lose_creates: bool,
+    /// Answers every valid token request with this body instead of a token.
+    token_answer: Option<Value>,
+    /// Answers the list with this body instead of the subscriptions held.
+    list_answer: Option<Value>,
 }
 
 pub struct FakeDataloy {
@@ -99,6 +105,9 @@ impl FakeDataloy {
             expired_refusals: 0,
             requests: Vec::new(),
             refuse_creates: false,
+            lose_creates: false,
+            token_answer: None,
+            list_answer: None,
         }));
         let data = web::Data::from(state.clone());
         let server = HttpServer::new(move || {
@@ -214,6 +223,21 @@ impl FakeDataloy {
 
     pub fn refuse_creates(&self, refuse: bool) {
         self.state.lock().refuse_creates = refuse;
+    }
+
+    /// Creates answer 201 but the subscription never shows in the list.
+    pub fn lose_creates(&self, lose: bool) {
+        self.state.lock().lose_creates = lose;
+    }
+
+    /// A valid token request is answered 200 with `body` (e.g. a malformed token response).
+    pub fn answer_tokens_with(&self, body: Value) {
+        self.state.lock().token_answer = Some(body);
+    }
+
+    /// The list is answered with `body`, whatever the fake holds.
+    pub fn answer_list_with(&self, body: Value) {
+        self.state.lock().list_answer = Some(body);
     }
 
     /// Sends notification `id` about a `object_type`/`event_type` change to every active
@@ -388,6 +412,9 @@ async fn token(state: web::Data<Mutex<State>>, body: web::Json<Value>) -> HttpRe
             "error_description": format!("Unauthorized client {} with secret {secret}", body["client_id"]),
         }));
     }
+    if let Some(answer) = &state.token_answer {
+        return HttpResponse::Ok().json(answer);
+    }
     state.tokens_issued += 1;
     let token = format!("token-{}-{}", state.tokens_issued, fastrand::u64(..));
     let lifetime = state.options.token_lifetime;
@@ -405,6 +432,9 @@ async fn list(state: web::Data<Mutex<State>>, request: HttpRequest) -> HttpRespo
         return refused;
     }
     state.record(&request, None);
+    if let Some(answer) = &state.list_answer {
+        return HttpResponse::Ok().json(answer);
+    }
     let all: Vec<Value> = state
         .subscriptions
         .iter()
@@ -433,6 +463,9 @@ async fn create(
     }
     state.insert(&body);
     let created = state.subscriptions.last().unwrap().value.clone();
+    if state.lose_creates {
+        state.subscriptions.pop();
+    }
     HttpResponse::Created().json(created)
 }
 

@@ -336,3 +336,75 @@ async fn with_dataloy_down_the_keeper_retries_and_counts_while_webhooks_are_stil
     app.stop().await;
     fake.stop().await;
 }
+
+#[tokio::test]
+async fn a_change_dataloy_accepts_but_does_not_make_is_a_reconcile_error_not_a_success() {
+    // Arrange: creates are answered 201 but never show in the list.
+    let fake = FakeDataloy::start(FakeOptions::default()).await;
+    fake.lose_creates(true);
+    let orders = object_subscription("BunkerOrder", "U", GATEWAY_URL);
+
+    // Act
+    let app = spawn_app_with(|s, _| keep(s, &fake, [("bunker-orders", orders)])).await;
+    let verify = "dataloy_gateway_subscription_reconcile_errors_total{operation=\"verify\"}";
+    let counted = eventually(|| async { app.metric(verify).await >= 2.0 }).await;
+
+    // Assert
+    assert!(counted, "{}", app.metrics().await);
+    assert_eq!(
+        app.metric("dataloy_gateway_subscription_reconcile_last_success_timestamp_seconds")
+            .await,
+        0.0,
+        "never a success"
+    );
+    assert_eq!(app.metric(&active("bunker-orders")).await, 0.0);
+    assert!(fake.active_subscriptions().is_empty());
+
+    // Act: Dataloy keeps its creates again.
+    fake.lose_creates(false);
+
+    // Assert
+    assert!(
+        eventually(|| async {
+            app.metric("dataloy_gateway_subscription_reconcile_last_success_timestamp_seconds")
+                .await
+                > 0.0
+        })
+        .await
+    );
+    assert_eq!(app.metric(&active("bunker-orders")).await, 1.0);
+    app.stop().await;
+    fake.stop().await;
+}
+
+#[tokio::test]
+async fn members_dataloy_still_lists_as_null_after_an_update_are_updated_once_not_every_interval() {
+    // Arrange: Dataloy writes json and expression as null in its list, whatever it holds.
+    let fake = FakeDataloy::start(FakeOptions::default()).await;
+    let key = fake.seed("BunkerOrder", "U", GATEWAY_URL, json!({}));
+    fake.answer_list_with(json!([{
+        "key": key, "self": format!("{}/ws/rest/WebhookSubscription/{key}", fake.base_url),
+        "isSubscriptionActive": true, "objectType": "BunkerOrder", "eventType": "U",
+        "unsubscriptionDate": null, "json": null, "expression": null, "doNotUnsubscribe": true,
+        "channelInfo": {"channelType": {"channelTypeCode": "HTTP"}, "url": GATEWAY_URL}
+    }]));
+    let mut orders = object_subscription("BunkerOrder", "U", GATEWAY_URL);
+    orders.fields = Some(FIELDS.into());
+    orders.expression = Some("dlpObject.getUnitPrice() != null".into());
+
+    // Act
+    let app = spawn_app_with(|s, _| keep(s, &fake, [("bunker-orders", orders)])).await;
+    wait_for_reconciles(&fake, 6).await;
+
+    // Assert: one update sets them; listed as null again, they are not compared any more.
+    let changes = fake.changes();
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert_eq!(changes[0].method, "PUT");
+    assert!(
+        app.metric("dataloy_gateway_subscription_reconcile_last_success_timestamp_seconds")
+            .await
+            > 0.0
+    );
+    app.stop().await;
+    fake.stop().await;
+}

@@ -337,3 +337,73 @@ async fn the_client_secret_never_appears_in_logs_errors_or_metrics() {
 fn stdout_and_stderr(output: &Output) -> String {
     format!("{}{}", stdout(output), stderr(output))
 }
+
+#[tokio::test]
+async fn a_secret_echoed_in_a_wrongly_typed_member_is_not_printed() {
+    // Arrange: the token endpoint puts the secret where a number belongs.
+    let fake = fake_with_secret().await;
+    fake.answer_tokens_with(json!({"access_token": "tok", "expires_in": SECRET}));
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &fake, THREE_DECLARED);
+
+    // Act
+    let mut outputs = Vec::new();
+    for args in [
+        &["subscriptions", "plan"][..],
+        &["subscriptions", "apply", "--json"],
+        &["subscriptions", "list"],
+    ] {
+        outputs.push(run(&config, args).await);
+    }
+
+    // Assert
+    for output in &outputs {
+        assert_eq!(output.status.code(), Some(1), "{}", stderr(output));
+        let text = stdout_and_stderr(output);
+        assert!(text.contains("not a token response"), "{text}");
+        assert!(!text.contains(SECRET), "{text}");
+    }
+    fake.stop().await;
+}
+
+#[tokio::test]
+async fn a_secret_echoed_in_the_list_is_not_printed() {
+    // Arrange: a valid token; the list puts the secret where a boolean belongs.
+    let fake = fake_with_secret().await;
+    fake.answer_list_with(json!([{"key": 1, "isSubscriptionActive": SECRET}]));
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &fake, THREE_DECLARED);
+
+    // Act
+    let plan = run(&config, &["subscriptions", "plan"]).await;
+
+    // Assert
+    assert_eq!(plan.status.code(), Some(1), "{}", stderr(&plan));
+    let text = stdout_and_stderr(&plan);
+    assert!(text.contains("not a JSON array of subscriptions"), "{text}");
+    assert!(!text.contains(SECRET), "{text}");
+    fake.stop().await;
+}
+
+#[tokio::test]
+async fn a_toml_error_on_the_secret_line_does_not_print_the_secret() {
+    // Arrange: the closing quote of client_secret is missing.
+    let fake = fake_with_secret().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &fake, THREE_DECLARED);
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        &format!("client_secret = \"{SECRET}\""),
+        &format!("client_secret = \"{SECRET}"),
+    );
+    std::fs::write(&config, text).unwrap();
+
+    // Act
+    let plan = run(&config, &["subscriptions", "plan"]).await;
+
+    // Assert
+    assert_eq!(plan.status.code(), Some(2), "{}", stderr(&plan));
+    let text = stdout_and_stderr(&plan);
+    assert!(text.contains("`dataloy.client_secret`"), "{text}");
+    assert!(!text.contains(SECRET), "{text}");
+    fake.stop().await;
+}
