@@ -263,7 +263,7 @@ mod tests {
         }
 
         async fn publish(&self, batch: &[Notification]) -> Result<(), PublishError> {
-            if batch.iter().any(|n| &*n.envelope.id == self.poison) {
+            if batch.iter().any(|n| n.envelope.id.as_str() == self.poison) {
                 panic!("a value this sink cannot handle");
             }
             let mut delivered = self.delivered.lock().unwrap();
