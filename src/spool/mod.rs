@@ -165,10 +165,14 @@ impl Spool {
         let sinks = settled.persist()?;
         // A cursor or record at u64::MAX (only damage can put it there) would wrap the next
         // sequence number to 0, and new records would hide behind the cursor: refuse instead.
+        // It also starts above every segment file found, even one without a valid record (all
+        // damaged): the new segment must sort after it (the fuzzer found one that hid every new
+        // notification from the reader).
         let next_seq = sinks
             .iter()
             .map(|s| s.acked.load(Ordering::Relaxed))
             .fold(last_seq, u64::max)
+            .max(recovery::highest_first_seq(&found).unwrap_or(0))
             .checked_add(1)
             .ok_or_else(|| {
                 SpoolError::Io(io::Error::new(
