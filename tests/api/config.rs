@@ -173,7 +173,7 @@ fn numeric_looking_secrets_from_the_environment_stay_text() {
     use secrecy::ExposeSecret;
     for token in ["1e5", "007", "0x10", "true", "1.50"] {
         let settings = load(
-            "[auth]\nmode = \"bearer\"\n",
+            "[auth]\nmode = \"bearer\"\n[sinks.file]\npath = \"events.jsonl\"\n",
             &[("DATALOY_GATEWAY__AUTH__TOKEN", token)],
         )
         .unwrap();
