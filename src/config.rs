@@ -755,6 +755,17 @@ impl Settings {
         if self.server.max_connections == 0 {
             return Err(invalid("server.max_connections", "must be at least 1"));
         }
+        // Zero would turn the protection off rather than make it strict: no timeout for slow
+        // senders, no grace for in-flight requests, `Retry-After: 0` (an immediate retry storm).
+        if self.server.client_timeout.is_zero() {
+            return Err(invalid("server.client_timeout", "must be greater than 0"));
+        }
+        if self.server.shutdown_timeout.is_zero() {
+            return Err(invalid("server.shutdown_timeout", "must be greater than 0"));
+        }
+        if self.server.retry_after_seconds == 0 {
+            return Err(invalid("server.retry_after_seconds", "must be at least 1"));
+        }
         if self.dead_letters.max_bytes.bytes() < self.server.max_body_bytes.bytes() + 64 * 1024 {
             return Err(invalid(
                 "dead_letters.max_bytes",

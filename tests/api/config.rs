@@ -89,6 +89,21 @@ fn errors_name_the_key() {
         ),
         ("sinks", String::new(), vec![]),
         (
+            "server.client_timeout",
+            format!("[server]\nclient_timeout = \"0s\"\n{MINIMAL}"),
+            vec![],
+        ),
+        (
+            "server.shutdown_timeout",
+            MINIMAL.to_string(),
+            vec![("DATALOY_GATEWAY__SERVER__SHUTDOWN_TIMEOUT", "0s")],
+        ),
+        (
+            "server.retry_after_seconds",
+            format!("[server]\nretry_after_seconds = 0\n{MINIMAL}"),
+            vec![],
+        ),
+        (
             "spool.max_bytes",
             format!("[spool]\nmax_bytes = \"lots\"\n{MINIMAL}"),
             vec![],
