@@ -28,7 +28,7 @@ for _ in $(seq 1 "$count"); do
   (( RANDOM % 2 )) && dedup=redis
   log="$work/$seed-$dedup.log"
   if DATALOY_FAULT_SEED=$seed DATALOY_FAULT_DEDUP=$dedup \
-      "$work/fault" --ignored seed_from_env --nocapture >"$log" 2>&1; then
+      "$work/fault" --exact regression_seeds_and_the_requested_one --nocapture >"$log" 2>&1; then
     echo "seed $seed ($dedup): passed"
   else
     echo "seed $seed ($dedup): FAILED, see $log"

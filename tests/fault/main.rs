@@ -28,7 +28,7 @@ async fn assert_seed(seed: u64, dedup: Dedup) {
     let findings = run::run_seed(seed, dedup, STEPS).await;
     assert!(
         findings.is_empty(),
-        "fault seed {seed} ({dedup:?} dedup) broke invariants (rerun: DATALOY_FAULT_SEED={seed} DATALOY_FAULT_DEDUP={} cargo test --test fault -- --ignored seed_from_env --nocapture):\n{}",
+        "fault seed {seed} ({dedup:?} dedup) broke invariants (rerun: DATALOY_FAULT_SEED={seed} DATALOY_FAULT_DEDUP={} cargo test --test fault -- --exact regression_seeds_and_the_requested_one --nocapture):\n{}",
         match dedup {
             Dedup::Memory => "memory",
             Dedup::Redis => "redis",
@@ -47,26 +47,25 @@ async fn fixed_seed_with_memory_dedup() {
     assert_seed(18, Dedup::Memory).await;
 }
 
+/// The regression seeds, plus the one named by `DATALOY_FAULT_SEED` (and `DATALOY_FAULT_DEDUP` =
+/// memory | redis) when it is set: what `scripts/fault-seeds.sh` runs, and how a failing seed
+/// is run again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn regression_seeds() {
-    for (seed, dedup) in REGRESSIONS {
-        assert_seed(*seed, *dedup).await;
+async fn regression_seeds_and_the_requested_one() {
+    let mut seeds = REGRESSIONS.to_vec();
+    seeds.extend(requested_seed());
+    for (seed, dedup) in seeds {
+        assert_seed(seed, dedup).await;
     }
 }
 
-/// One seed from `DATALOY_FAULT_SEED` (and `DATALOY_FAULT_DEDUP` = memory | redis); what
-/// `scripts/fault-seeds.sh` runs.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "run by scripts/fault-seeds.sh with DATALOY_FAULT_SEED"]
-async fn seed_from_env() {
-    let seed: u64 = std::env::var("DATALOY_FAULT_SEED")
-        .expect("DATALOY_FAULT_SEED")
-        .parse()
-        .expect("DATALOY_FAULT_SEED is a number");
+fn requested_seed() -> Option<(u64, Dedup)> {
+    let seed = std::env::var("DATALOY_FAULT_SEED").ok()?;
+    let seed = seed.parse().expect("DATALOY_FAULT_SEED is a number");
     let dedup = match std::env::var("DATALOY_FAULT_DEDUP").as_deref() {
         Ok("redis") => Dedup::Redis,
         Ok("memory") | Err(_) => Dedup::Memory,
         Ok(other) => panic!("DATALOY_FAULT_DEDUP: memory or redis, not {other:?}"),
     };
-    assert_seed(seed, dedup).await;
+    Some((seed, dedup))
 }
