@@ -165,22 +165,28 @@ impl Spool {
         let sinks = settled.persist()?;
         // A cursor or record at u64::MAX (only damage can put it there) would wrap the next
         // sequence number to 0, and new records would hide behind the cursor: refuse instead.
-        // It also starts above every segment file found, even one without a valid record (all
-        // damaged): the new segment must sort after it (the fuzzer found one that hid every new
-        // notification from the reader).
+        let largest = || {
+            SpoolError::Io(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a spool cursor, record or segment holds the largest sequence number; the spool is damaged",
+            ))
+        };
         let next_seq = sinks
             .iter()
             .map(|s| s.acked.load(Ordering::Relaxed))
             .fold(last_seq, u64::max)
-            .max(recovery::highest_first_seq(&found).unwrap_or(0))
             .checked_add(1)
-            .ok_or_else(|| {
-                SpoolError::Io(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "a spool cursor or record holds the largest sequence number; the spool is damaged",
-                ))
-            })?;
+            .ok_or_else(largest)?;
         let (segments, spares) = recovery::apply(&options.dir, found, relayed_by_all, &metrics)?;
+        // A segment kept without a valid record (all of it damaged, pinned because the damage
+        // could not be quarantined) still sorts by its first sequence number: the next segment
+        // must start above it, or the reader, already past it, never hands out what is appended
+        // (the fuzzer's spool_recovery finding). An empty segment left by a crash right after a
+        // rotation is retired by recovery, so the usual restart leaves no gap in the numbering.
+        let next_seq = match segments.iter().map(|s| s.first_seq).max() {
+            Some(first) if first >= next_seq => first.checked_add(1).ok_or_else(largest)?,
+            _ => next_seq,
+        };
         warn_of_retired_gaps(&sinks, &segments, next_seq);
         let disk_bytes = segments.iter().map(|s| s.durable_len).sum();
         metrics

@@ -68,12 +68,6 @@ pub fn last_seq(found: &[Found]) -> u64 {
         .unwrap_or(0)
 }
 
-/// The highest first sequence number of the segment files found, valid records or not: the
-/// next segment must start above it, or it would sort before (or overwrite) one of them.
-pub fn highest_first_seq(found: &[Found]) -> Option<u64> {
-    found.iter().map(|f| f.first_seq).max()
-}
-
 /// Whether any segment holds a record (relayed or not).
 pub fn holds_records(found: &[Found]) -> bool {
     found.iter().any(Found::holds_records)
