@@ -367,10 +367,37 @@ impl Run {
             return;
         }
         let answers = self.send_new(2, 1).await;
-        if answers.iter().any(|(_, o)| *o != Outcome::Accepted) {
+        // A 503 with Retry-After is the spool bound holding a backlog an earlier step left (the
+        // slowest sink still catching up after a restart): a refusal the sender retries, not a
+        // SIGHUP fault. Retried after the drain, as Dataloy would, it must be accepted.
+        let (refused, other): (Vec<_>, Vec<_>) = answers.into_iter().partition(|(_, o)| {
+            matches!(
+                o,
+                Outcome::Unavailable {
+                    retry_after: true,
+                    ..
+                }
+            )
+        });
+        if other.iter().any(|(_, o)| *o != Outcome::Accepted) {
             self.model
-                .finding(format!("after SIGHUP: answers {answers:?}"));
+                .finding(format!("after SIGHUP: answers {other:?}"));
         }
+        if refused.is_empty() {
+            return;
+        }
+        self.wait_drained(Duration::from_secs(40)).await;
+        let requests: Vec<_> = refused
+            .iter()
+            .map(|(id, _)| (id.clone(), self.body_of(id)))
+            .collect();
+        let answers = self.post_all(requests, 1).await;
+        if answers.iter().any(|(_, o)| *o != Outcome::Accepted) {
+            self.model.finding(format!(
+                "after SIGHUP: refused with Retry-After, resent after the drain: {answers:?}"
+            ));
+        }
+        self.apply(answers);
     }
 
     async fn hung(&mut self, broker: Broker, count: usize, term: bool) {
