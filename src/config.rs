@@ -324,6 +324,9 @@ pub struct DedupSettings {
     /// Most ids the memory backend remembers; the oldest are evicted first (within each shard
     /// of a large table, see `dedup::memory`).
     pub max_entries: usize,
+    /// Memory backend with the spool: keep the accepted ids in the id journal beside the spool
+    /// and rebuild the table from it at start-up, so a restart forgets nothing within `ttl`.
+    pub journal: bool,
     /// May hold a password (`redis://:secret@host`): never logged or printed.
     pub redis_url: SecretString,
     /// Prefix of the Redis keys, so several gateways (or environments) can share one Redis.
@@ -337,6 +340,15 @@ pub struct DedupSettings {
     pub on_backend_error: OnBackendError,
 }
 
+impl DedupSettings {
+    /// Whether accepted ids are kept in the id journal and the memory table rebuilt from it:
+    /// memory backend, `journal` on, and a spool for it to live beside (without the spool a
+    /// restart forgets; Redis remembers by itself).
+    pub fn remembers_across_restarts(&self, spool_enabled: bool) -> bool {
+        self.backend == DedupBackend::Memory && self.journal && spool_enabled
+    }
+}
+
 impl Default for DedupSettings {
     fn default() -> Self {
         Self {
@@ -345,6 +357,7 @@ impl Default for DedupSettings {
             claim_lease: Duration::from_secs(30),
             in_flight_wait: Duration::from_secs(2),
             max_entries: 1_000_000,
+            journal: true,
             redis_url: SecretString::from("redis://127.0.0.1:6379"),
             redis_key_prefix: "dataloy-gateway:dedup:".into(),
             redis_timeout: Duration::from_millis(500),

@@ -11,6 +11,8 @@
 //! - [`envelope`]: parses and validates the envelope without building `resource`.
 //! - [`dedup`]: claim / commit / release by id, behind a trait.
 //! - [`spool`]: the durable local log with group commit, recovery and an ack cursor.
+//! - [`id_journal`]: the accepted ids, written in the spool's group commits, from which the
+//!   memory dedup table is rebuilt at start-up.
 //! - [`relay`]: spool to sinks, in order, with retries; refusals for good to dead letters.
 //! - [`dead_letter`]: the durable store of notifications a sink refused for good.
 //! - [`sink`]: the `Sink` trait, routing templates and the sinks themselves.
@@ -32,6 +34,7 @@ pub mod descriptors;
 pub mod envelope;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod id_journal;
 pub mod ingest;
 pub mod metrics;
 pub mod notification;

@@ -2,6 +2,7 @@
 //! is logged and counted in one place with the same low-cardinality labels.
 
 pub mod delivery;
+mod id_journal;
 mod series;
 mod subscriptions;
 
@@ -13,6 +14,7 @@ use prometheus::{
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+pub use id_journal::IdJournalMetrics;
 use series::{AcceptedByObjectType, PerSource};
 pub use series::{ClaimResult, DedupCall, DedupSeries};
 pub use subscriptions::SubscriptionSeries;
@@ -53,6 +55,8 @@ pub enum SpoolSync {
     Append,
     /// One cursor store after a relayed batch.
     Acknowledge,
+    /// The id journal's write and fdatasync of a group's ids, beside the group's `Append`.
+    IdJournal,
 }
 
 impl SpoolSync {
@@ -60,6 +64,7 @@ impl SpoolSync {
         match self {
             SpoolSync::Append => "append",
             SpoolSync::Acknowledge => "acknowledge",
+            SpoolSync::IdJournal => "id_journal",
         }
     }
 }
@@ -128,6 +133,7 @@ pub struct Metrics {
     pub dedup_commit_errors: IntCounter,
     pub dedup_lease_lost: IntCounter,
     pub delivery: delivery::DeliveryMetrics,
+    pub id_journal: IdJournalMetrics,
     subscriptions: SubscriptionSeries,
 }
 
@@ -282,7 +288,8 @@ impl Metrics {
             "spool_sync_duration_seconds",
             "Time of the spool's durable writes: `append` is one group commit (write + fdatasync), \
              `acknowledge` one cursor store (fsynced at most every 100 ms) with the retiring of \
-             finished segments.",
+             finished segments, `id_journal` the id journal's write + fdatasync of a group's ids \
+             (beside its `append`).",
             &["operation"],
         );
         let dedup_entries = int_gauge("dedup_entries", "Ids held by the memory dedup backend.");
@@ -405,6 +412,7 @@ impl Metrics {
             dedup_commit_errors,
             dedup_lease_lost,
             delivery: delivery::DeliveryMetrics::new(&registry),
+            id_journal: IdJournalMetrics::new(&registry),
             registry,
             subscriptions,
         }

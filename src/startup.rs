@@ -21,8 +21,9 @@ use tokio::time::{timeout, timeout_at, Instant};
 use crate::auth::Authenticator;
 use crate::config::Settings;
 use crate::dead_letter::DeadLetterStore;
-use crate::dedup;
+use crate::dedup::{self, MemoryDedup};
 use crate::descriptors;
+use crate::id_journal;
 use crate::ingest::{Durability, Ingest};
 use crate::metrics::Metrics;
 use crate::relay::Relay;
@@ -86,14 +87,14 @@ impl Application {
         for sink in &sinks {
             metrics.register_sink(sink.name());
         }
-        // Built here, on the main runtime, which then keeps the Redis connection: a connection
-        // opened by an HTTP worker would die with that worker.
-        let dedup = dedup::build(&settings.dedup, &metrics)
-            .await
-            .context("cannot set up dedup")?;
         let keeper = subscriptions::keeper_if_configured(&settings, &metrics)
             .context("cannot set up the subscription keeper")?;
 
+        // The memory backend's table, rebuilt from the id journal while the spool opens.
+        let remembered = settings
+            .dedup
+            .remembers_across_restarts(settings.spool.enabled)
+            .then(|| MemoryDedup::new(settings.dedup.max_entries));
         let spool = if settings.spool.enabled {
             let options = SpoolOptions {
                 dir: settings.spool.dir.clone(),
@@ -103,13 +104,34 @@ impl Application {
                 missing_cursor: settings.spool.missing_cursor,
             };
             let sink_names: Vec<&str> = sinks.iter().map(|s| s.name()).collect();
-            let spool = Spool::open(options, &sink_names, metrics.clone()).with_context(|| {
+            let opened = match &remembered {
+                Some(table) => {
+                    let limits = id_journal::Limits {
+                        ttl: settings.dedup.ttl,
+                        max_entries: settings.dedup.max_entries,
+                    };
+                    Spool::open_remembering_ids(
+                        options,
+                        &sink_names,
+                        metrics.clone(),
+                        limits,
+                        &mut |key, ttl_left| table.remember(key, ttl_left),
+                    )
+                }
+                None => Spool::open(options, &sink_names, metrics.clone()),
+            };
+            let spool = opened.with_context(|| {
                 format!("cannot open spool.dir {}", settings.spool.dir.display())
             })?;
             Some(Arc::new(spool))
         } else {
             None
         };
+        // Built here, on the main runtime, which then keeps the Redis connection: a connection
+        // opened by an HTTP worker would die with that worker.
+        let dedup = dedup::build(&settings.dedup, remembered, &metrics)
+            .await
+            .context("cannot set up dedup")?;
         let dead_letter_dir = settings.dead_letter_dir();
         let dead_letters =
             DeadLetterStore::open(&dead_letter_dir, settings.dead_letters.max_bytes.bytes())

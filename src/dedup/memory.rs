@@ -11,6 +11,10 @@
 //! within a shard, which for uniformly hashed ids is close to oldest-first overall (the unit
 //! tests bound how close). Tables with fewer than [`MIN_SHARD_ENTRIES`] per shard stay in one
 //! shard with one exact order.
+//!
+//! With the spool, the table outlives the process through the id journal (`id_journal`): it
+//! holds the same 128-bit key ([`IdKey`]) and accept time of every accepted id, and at start-up
+//! [`MemoryDedup::remember`] puts back the ids still within `dedup.ttl`, for what is left of it.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -31,6 +35,17 @@ const MIN_SHARD_ENTRIES: usize = 4096;
 
 /// The most shards a table is split into (a power of two).
 const MAX_SHARDS: usize = 64;
+
+/// What the table keys an id by: a 128-bit hash of its bytes (ids themselves are not kept). The
+/// id journal stores the same key, so that what it remembers finds the same entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IdKey(pub u128);
+
+impl IdKey {
+    pub fn of(id: &str) -> IdKey {
+        IdKey(xxhash_rust::xxh3::xxh3_128(id.as_bytes()))
+    }
+}
 
 #[derive(Debug, Clone, Copy)]
 struct Entry {
@@ -92,7 +107,26 @@ impl MemoryDedup {
     }
 
     fn key(id: &str) -> u128 {
-        xxhash_rust::xxh3::xxh3_128(id.as_bytes())
+        IdKey::of(id).0
+    }
+
+    /// Records an id accepted before this process started (from the id journal) as accepted for
+    /// the `ttl_left` of its TTL. Call in accept order, before serving: the eviction queue
+    /// assumes expiry order, as commits make it.
+    pub fn remember(&self, key: IdKey, ttl_left: Duration) {
+        let key = key.0;
+        let now = self.now_ms();
+        let mut table = self.table(key).lock();
+        table.evict(now, self.max_entries_per_shard);
+        let expires_ms = now + ttl_left.as_millis() as u64;
+        table.entries.insert(
+            key,
+            Entry {
+                expires_ms,
+                token: COMMITTED,
+            },
+        );
+        table.commit_order.push_back((key, expires_ms));
     }
 
     /// The shard holding `key`, chosen by low bits of the hash's high half. The table's own
@@ -319,6 +353,45 @@ mod tests {
                 "id {i} of {total} is still held"
             );
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_remembered_id_is_a_duplicate_for_the_ttl_it_has_left_then_free() {
+        let dedup = MemoryDedup::new(1000);
+        dedup.remember(IdKey::of("1573335-244070007"), Duration::from_secs(10));
+        dedup.remember(IdKey::of("emoji-🚢"), Duration::from_secs(30));
+
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert_eq!(
+            dedup.claim("1573335-244070007", LEASE).await.unwrap(),
+            ClaimOutcome::Duplicate
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(matches!(
+            dedup.claim("1573335-244070007", LEASE).await.unwrap(),
+            ClaimOutcome::Claimed(_)
+        ));
+        assert_eq!(
+            dedup.claim("emoji-🚢", LEASE).await.unwrap(),
+            ClaimOutcome::Duplicate
+        );
+    }
+
+    #[tokio::test]
+    async fn remembering_keeps_the_bound() {
+        let dedup = MemoryDedup::new(10);
+        for i in 0..25 {
+            dedup.remember(IdKey::of(&format!("{i}")), TTL);
+        }
+        assert_eq!(dedup.entry_count(), Some(10));
+        assert_eq!(
+            dedup.claim("24", LEASE).await.unwrap(),
+            ClaimOutcome::Duplicate
+        );
+        assert!(matches!(
+            dedup.claim("0", LEASE).await.unwrap(),
+            ClaimOutcome::Claimed(_)
+        ));
     }
 
     #[tokio::test]

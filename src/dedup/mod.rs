@@ -23,7 +23,7 @@ use secrecy::ExposeSecret;
 
 use crate::config::{DedupBackend, DedupSettings, OnBackendError};
 use crate::metrics::Metrics;
-pub use memory::MemoryDedup;
+pub use memory::{IdKey, MemoryDedup};
 pub use redis::{RedisDedup, RedisOptions};
 
 /// Identifies one claim, so that a late `release` cannot free an id someone else claimed since.
@@ -104,12 +104,17 @@ pub trait Deduplicator: Send + Sync + 'static {
 
 /// The configured backend, instrumented, with the memory fallback when asked for. Call it on
 /// the application's main runtime: the Redis connection lives there, not on an HTTP worker.
+/// `remembered` is the memory backend's table when the caller filled it already (from the id
+/// journal); otherwise the memory backend starts empty.
 pub async fn build(
     settings: &DedupSettings,
+    remembered: Option<MemoryDedup>,
     metrics: &Metrics,
 ) -> Result<Arc<dyn Deduplicator>, BuildError> {
     let backend: Arc<dyn Deduplicator> = match settings.backend {
-        DedupBackend::Memory => Arc::new(MemoryDedup::new(settings.max_entries)),
+        DedupBackend::Memory => {
+            Arc::new(remembered.unwrap_or_else(|| MemoryDedup::new(settings.max_entries)))
+        }
         DedupBackend::Redis => {
             let options = redis::RedisOptions {
                 url: settings.redis_url.expose_secret().to_owned(),

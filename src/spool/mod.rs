@@ -28,6 +28,8 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::dedup::IdKey;
+use crate::id_journal;
 use crate::metrics::{Metrics, SpoolSync};
 use crate::notification::{unix_millis, Notification};
 
@@ -150,6 +152,28 @@ impl Spool {
         sinks: &[&str],
         metrics: Metrics,
     ) -> Result<Spool, SpoolError> {
+        Self::open_with_ids(options, sinks, metrics, None)
+    }
+
+    /// [`Spool::open`], also keeping the id journal (see `id_journal`) in `ids/`: every group
+    /// commit writes its ids there too, and before it returns, every id the journal remembers
+    /// within `limits.ttl` is handed to `remember` with the part of the TTL it has left.
+    pub fn open_remembering_ids(
+        options: SpoolOptions,
+        sinks: &[&str],
+        metrics: Metrics,
+        limits: id_journal::Limits,
+        remember: id_journal::Remember<'_>,
+    ) -> Result<Spool, SpoolError> {
+        Self::open_with_ids(options, sinks, metrics, Some((limits, remember)))
+    }
+
+    fn open_with_ids(
+        options: SpoolOptions,
+        sinks: &[&str],
+        metrics: Metrics,
+        ids: Option<(id_journal::Limits, id_journal::Remember<'_>)>,
+    ) -> Result<Spool, SpoolError> {
         progress::check_names(sinks)?;
         fs::create_dir_all(&options.dir)?;
         let lock = lock::lock(&options.dir)?;
@@ -171,12 +195,12 @@ impl Spool {
                 "a spool cursor, record or segment holds the largest sequence number; the spool is damaged",
             ))
         };
-        let next_seq = sinks
+        // Every record up to here is durable: found valid, or confirmed by a sink.
+        let last_durable_seq = sinks
             .iter()
             .map(|s| s.acked.load(Ordering::Relaxed))
-            .fold(last_seq, u64::max)
-            .checked_add(1)
-            .ok_or_else(largest)?;
+            .fold(last_seq, u64::max);
+        let next_seq = last_durable_seq.checked_add(1).ok_or_else(largest)?;
         let (segments, spares) = recovery::apply(&options.dir, found, relayed_by_all, &metrics)?;
         // A segment kept without a valid record (all of it damaged, pinned because the damage
         // could not be quarantined) still sorts by its first sequence number: the next segment
@@ -205,11 +229,29 @@ impl Spool {
             sinks,
             metrics,
         });
+        let journal = match ids {
+            Some((limits, remember)) => {
+                let recovered = id_journal::recover(
+                    &options.dir,
+                    last_durable_seq,
+                    limits,
+                    remember,
+                    &shared.metrics,
+                )?;
+                let missing = unjournaled(&shared, recovered.last_seq, last_durable_seq)?;
+                recovered.start(next_seq, missing, remember)?
+            }
+            None => {
+                id_journal::cut_unconfirmed(&options.dir, last_durable_seq, &shared.metrics)?;
+                id_journal::Journal::disabled()
+            }
+        };
         let writer = Writer::start(
             shared.clone(),
             next_seq,
             options.segment_bytes,
             options.commit_interval,
+            journal,
         )?;
         let (commands, queue) = mpsc::channel(QUEUE_DEPTH);
         let thread = std::thread::Builder::new()
@@ -395,6 +437,33 @@ impl Spool {
         if let Ok(Err(e)) = synced {
             tracing::warn!(error = %e, "cannot make the spool cursors durable at shutdown; a machine crash now would relay the last batches again");
         }
+    }
+}
+
+/// Entries for the records after `journaled` up to `last_durable_seq` that no sink has relayed
+/// yet: durable records whose journal entries a crash between the two fsyncs lost (or all of
+/// them, for a journal deleted or new beside an old spool). Their notifications were not
+/// answered 200 then, but they will be relayed, so their retries must be duplicates.
+fn unjournaled(
+    shared: &Arc<Shared>,
+    journaled: u64,
+    last_durable_seq: u64,
+) -> Result<Vec<id_journal::Entry>, SpoolError> {
+    let mut missing = Vec::new();
+    if journaled >= last_durable_seq {
+        return Ok(missing);
+    }
+    let mut reader = SpoolReader::after(shared.clone(), journaled);
+    loop {
+        let records = reader.read_available(1024)?;
+        if records.is_empty() {
+            return Ok(missing);
+        }
+        missing.extend(records.iter().map(|record| id_journal::Entry {
+            seq: record.seq,
+            accepted_ms: record.notification.received_at_ms,
+            key: IdKey::of(record.notification.envelope.id.as_str()),
+        }));
     }
 }
 

@@ -71,6 +71,29 @@ impl SpoolReader {
         }
     }
 
+    /// A reader of the records after `seq` that not every sink has acknowledged, starting in
+    /// the segment that holds `seq + 1` (for recovery, before the writer starts).
+    pub(super) fn after(shared: Arc<Shared>, seq: u64) -> Self {
+        let start = {
+            let segments = shared.segments.lock();
+            segments
+                .iter()
+                .rev()
+                .find(|s| s.first_seq <= seq.saturating_add(1))
+                .or(segments.first())
+                .map(|s| s.first_seq)
+        };
+        let reader = Self::new(shared, None);
+        {
+            let mut core = reader.core.lock();
+            core.last_seq = core.last_seq.max(seq);
+            if let Some(first_seq) = start {
+                core.move_to(first_seq);
+            }
+        }
+        reader
+    }
+
     /// Waits until at least one unread record is durable, then returns up to `max` of them.
     /// Cancel-safe: records read for a call that was dropped are returned by the next one.
     pub async fn next_batch(&mut self, max: usize) -> io::Result<Vec<SpoolRecord>> {

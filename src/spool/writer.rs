@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::record;
 use super::segment::{self, SegmentInfo};
 use super::{Shared, SpoolError};
+use crate::id_journal::Journal;
 use crate::metrics::SpoolSync;
 use crate::notification::Notification;
 
@@ -79,6 +80,8 @@ pub(super) struct Writer {
     commit_interval: Duration,
     /// When the last group commit started, and how many appends it held.
     last_commit: Option<(Instant, usize)>,
+    /// Where each group's ids go too, durable before the group is answered.
+    ids: Journal,
 }
 
 impl Writer {
@@ -87,6 +90,7 @@ impl Writer {
         next_seq: u64,
         segment_bytes: u64,
         commit_interval: Duration,
+        ids: Journal,
     ) -> io::Result<Writer> {
         let (file, generation) = create_segment(&shared, next_seq)?;
         Ok(Writer {
@@ -101,6 +105,7 @@ impl Writer {
             buffer: Vec::with_capacity(1 << 20),
             commit_interval,
             last_commit: None,
+            ids,
         })
     }
 
@@ -204,6 +209,8 @@ impl Writer {
                 let _ = reply.send(Err(SpoolError::Full));
                 continue;
             }
+            self.ids
+                .stage(self.next_seq, pending.notification.envelope.id.as_str());
             written.push((self.next_seq, reply));
             self.next_seq += 1;
         }
@@ -211,11 +218,15 @@ impl Writer {
             return;
         };
         let started = Instant::now();
+        // The journal writes and fsyncs the group's ids on its own thread meanwhile; the group is
+        // answered only once both are durable.
+        self.ids.commit_staged();
         let outcome = self
             .file
             .write_all_at(&self.buffer, self.active_len)
             .and_then(|()| self.file.sync_data());
-        match outcome {
+        let journaled = self.ids.wait_committed();
+        match outcome.and(journaled) {
             Ok(()) => {
                 let len = self.buffer.len() as u64;
                 self.active_len += len;
@@ -241,6 +252,7 @@ impl Writer {
             Err(e) => {
                 tracing::error!(error = %e, records = written.len(), "spool write failed");
                 self.shared.write_ok.store(false, Ordering::Relaxed);
+                self.ids.abandon();
                 // Cut off whatever part of the group reached the file, and continue in a fresh
                 // segment: after a failed fsync the state of the old file cannot be trusted.
                 if let Err(e) = self.file.set_len(self.active_len) {
