@@ -39,12 +39,18 @@ pub enum Started {
 /// Starts the binary on `config` (under `ulimit -n nofile` when given) and waits until it logs
 /// that it listens, or exits.
 pub fn launch(config: &Path, nofile: Option<u64>) -> Started {
-    let mut command = match nofile {
-        Some(limit) => {
+    launch_in_shell(config, nofile.map(|limit| format!("ulimit -n {limit}")))
+}
+
+/// Starts the binary on `config` after the bash commands `limits` (e.g. `ulimit -f 40`), and
+/// waits until it logs that it listens, or exits.
+pub fn launch_in_shell(config: &Path, limits: Option<String>) -> Started {
+    let mut command = match limits {
+        Some(limits) => {
             let mut command = Command::new("bash");
             command
                 .arg("-c")
-                .arg(format!("ulimit -n {limit} && exec \"$0\" --config \"$1\""))
+                .arg(format!("{limits} && exec \"$0\" --config \"$1\""))
                 .arg(binary())
                 .arg(config);
             command

@@ -107,6 +107,92 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings, &Path)) -> Tes
     }
 }
 
+/// Starts a gateway on the spool and sink file of an earlier one kept in `dir` (a restart),
+/// with the test settings changed by `customize`.
+pub async fn spawn_app_on(dir: &Path, customize: impl FnOnce(&mut Settings)) -> TestApp {
+    let kept = dir.to_owned();
+    spawn_app_with(move |settings, _| {
+        settings.spool.dir = kept.join("spool");
+        if let Some(file) = settings.sinks.file.as_mut() {
+            file.path = kept.join("out/events.jsonl");
+        }
+        customize(settings);
+    })
+    .await
+}
+
+/// How the gateway answered one notification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    Accepted,
+    Duplicate,
+    /// Another status (503, …).
+    Status(u16),
+    /// No answer: refused, reset or timed out (the gateway was killed).
+    None,
+}
+
+impl Answer {
+    pub async fn of(response: reqwest::Result<reqwest::Response>) -> Answer {
+        let Ok(response) = response else {
+            return Answer::None;
+        };
+        let status = response.status().as_u16();
+        if status != 200 {
+            return Answer::Status(status);
+        }
+        match response.json::<serde_json::Value>().await {
+            Ok(body) if body["status"] == "accepted" => Answer::Accepted,
+            Ok(body) if body["status"] == "duplicate" => Answer::Duplicate,
+            _ => Answer::None,
+        }
+    }
+}
+
+/// Posts the sample with each of `ids` from `workers` concurrent clients, each id once; returns
+/// every answer. `accepted` counts the `accepted` answers as they come (to act mid-load).
+pub async fn post_concurrently(
+    address: String,
+    ids: Vec<String>,
+    workers: usize,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> Vec<(String, Answer)> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let queue = std::sync::Arc::new(tokio::sync::Mutex::new(ids.into_iter()));
+    let tasks: Vec<_> = (0..workers)
+        .map(|_| {
+            let (client, queue, address) = (client.clone(), queue.clone(), address.clone());
+            let accepted = accepted.clone();
+            tokio::spawn(async move {
+                let mut answers = Vec::new();
+                loop {
+                    let Some(id) = queue.lock().await.next() else {
+                        return answers;
+                    };
+                    let response = client
+                        .post(format!("{address}/webhooks/dataloy"))
+                        .body(sample_with_id(&id))
+                        .send()
+                        .await;
+                    let answer = Answer::of(response).await;
+                    if answer == Answer::Accepted {
+                        accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    answers.push((id, answer));
+                }
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.extend(task.await.unwrap());
+    }
+    answers
+}
+
 impl TestApp {
     pub async fn post(&self, body: impl Into<reqwest::Body>) -> reqwest::Response {
         self.client

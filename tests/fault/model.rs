@@ -45,9 +45,6 @@ pub struct Model {
     pub sent: BTreeMap<String, (Vec<u8>, usize)>,
     /// Ids answered `accepted` at least once.
     pub accepted: BTreeSet<String>,
-    /// Ids answered `accepted` or `duplicate` by the running process (memory dedup forgets at
-    /// a restart, so only these are retried expecting `duplicate`).
-    pub live: BTreeSet<String>,
     /// Ids sent and not answered 200 yet.
     pub open: BTreeSet<String>,
     /// Ids whose answer was lost at least once (possibly durable).
@@ -59,7 +56,6 @@ pub struct Model {
     pub findings: Vec<String>,
     /// Counters for the summary.
     pub answers: BTreeMap<&'static str, usize>,
-    pub memory_dedup: bool,
     pub step: usize,
     pub next_id: usize,
 }
@@ -77,13 +73,6 @@ impl Model {
             why,
             sinks: sinks.to_vec(),
         });
-    }
-
-    /// The process restarted: memory dedup forgets.
-    pub fn restarted(&mut self) {
-        if self.memory_dedup {
-            self.live.clear();
-        }
     }
 
     pub fn remember(&mut self, id: &str, body: &[u8]) {
@@ -105,21 +94,13 @@ impl Model {
         *self.answers.entry(key).or_default() += 1;
         match outcome {
             Outcome::Accepted => {
-                if self.live.contains(id) {
+                // Redis remembers across restarts, and so does memory dedup (the id journal).
+                if self.accepted.contains(id) {
                     self.finding(format!(
-                        "{id} answered accepted again by the process that already answered it 200"
-                    ));
-                }
-                if !self.memory_dedup
-                    && self.accepted.contains(id)
-                    && !self.lost_answer.contains(id)
-                {
-                    self.finding(format!(
-                        "{id} answered accepted again although Redis dedup had recorded it"
+                        "{id} answered accepted again although an earlier request for it was answered 200"
                     ));
                 }
                 self.accepted.insert(id.to_owned());
-                self.live.insert(id.to_owned());
                 self.open.remove(id);
             }
             Outcome::Duplicate => {
@@ -131,7 +112,6 @@ impl Model {
                     ));
                 }
                 self.accepted.insert(id.to_owned());
-                self.live.insert(id.to_owned());
                 self.open.remove(id);
             }
             Outcome::Unavailable { code, retry_after } => {

@@ -73,10 +73,7 @@ pub async fn run_seed(seed: u64, dedup: Dedup, steps: usize) -> Vec<String> {
     );
     let mut run = Run {
         seed,
-        model: Model {
-            memory_dedup: dedup == Dedup::Memory,
-            ..Model::default()
-        },
+        model: Model::default(),
         layout,
         gateway: None,
         client: reqwest::Client::builder()
@@ -169,7 +166,6 @@ impl Run {
                 );
             }
         }
-        self.model.restarted();
     }
 
     /// After every step: the process must still be running.
@@ -279,11 +275,9 @@ impl Run {
     }
 
     async fn retry(&mut self, count: usize) {
-        let pool: Vec<String> = if self.model.memory_dedup {
-            self.model.live.iter().cloned().collect()
-        } else {
-            self.model.accepted.iter().cloned().collect()
-        };
+        // Every id answered 200 before, also by an earlier process: dedup remembers across
+        // restarts with either backend.
+        let pool: Vec<String> = self.model.accepted.iter().cloned().collect();
         let mut requests = Vec::new();
         for _ in 0..count.min(pool.len()) {
             let id = pool[self.rng.usize(0..pool.len())].clone();
