@@ -164,7 +164,7 @@ async fn killed_under_load_then_sent_everything_again_no_id_is_accepted_twice() 
     let config = write_config(dir.path());
     let events = dir.path().join("out/events.jsonl");
     let gateway = start(&config);
-    let ids: Vec<String> = (0..3000).map(|i| format!("load-{i}")).collect();
+    let ids: Vec<String> = (0..1500).map(|i| format!("load-{i}")).collect();
 
     // Act: load from 8 clients; SIGKILL in the middle of it.
     let accepted = Arc::new(AtomicUsize::new(0));
@@ -175,7 +175,7 @@ async fn killed_under_load_then_sent_everything_again_no_id_is_accepted_twice() 
         accepted.clone(),
     ));
     assert!(
-        eventually(|| async { accepted.load(Ordering::Relaxed) >= 400 }).await,
+        eventually(|| async { accepted.load(Ordering::Relaxed) >= 300 }).await,
         "the gateway accepted notifications under load"
     );
     drop(gateway); // SIGKILL
