@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use dataloy_gateway::dedup::{Deduplicator, MemoryDedup};
 use dataloy_gateway::envelope::Envelope;
-use dataloy_gateway::id_journal::Limits;
+use dataloy_gateway::id_journal::{self, Limits};
 use dataloy_gateway::metrics::Metrics;
 use dataloy_gateway::notification::Notification;
 use dataloy_gateway::spool::{MissingCursor, Spool, SpoolOptions};
@@ -97,7 +97,9 @@ async fn main() {
     for round in 1..=3 {
         let before = counting_allocator::counts().live;
         let started = Instant::now();
+        // As `Application::build` does.
         let table = MemoryDedup::new(n);
+        table.reserve(id_journal::estimated_ids(&dir) as usize);
         let spool = Spool::open_remembering_ids(
             options(&dir),
             &[SINK],

@@ -94,7 +94,12 @@ impl Application {
         let remembered = settings
             .dedup
             .remembers_across_restarts(settings.spool.enabled)
-            .then(|| MemoryDedup::new(settings.dedup.max_entries));
+            .then(|| {
+                let table = MemoryDedup::new(settings.dedup.max_entries);
+                let journaled = id_journal::estimated_ids(&settings.spool.dir);
+                table.reserve(usize::try_from(journaled).unwrap_or(usize::MAX));
+                table
+            });
         let spool = if settings.spool.enabled {
             let options = SpoolOptions {
                 dir: settings.spool.dir.clone(),

@@ -110,6 +110,21 @@ impl MemoryDedup {
         IdKey::of(id).0
     }
 
+    /// Makes room for about `ids` ids before [`MemoryDedup::remember`] puts them back, so the
+    /// table is allocated once at its size instead of growing through every doubling (and the
+    /// memory of each smaller table left behind).
+    pub fn reserve(&self, ids: usize) {
+        let ids = ids.min(self.max_entries_per_shard * self.shards.len());
+        let per_shard = ids.div_ceil(self.shards.len());
+        // Ids hash unevenly over the shards: room for a few percent more in each.
+        let per_shard = (per_shard + per_shard / 16 + 64).min(self.max_entries_per_shard);
+        for shard in self.shards.iter() {
+            let mut table = shard.0.lock();
+            table.entries.reserve(per_shard);
+            table.commit_order.reserve(per_shard);
+        }
+    }
+
     /// Records an id accepted before this process started (from the id journal) as accepted for
     /// the `ttl_left` of its TTL. Call in accept order, before serving: the eviction queue
     /// assumes expiry order, as commits make it.
@@ -380,6 +395,7 @@ mod tests {
     #[tokio::test]
     async fn remembering_keeps_the_bound() {
         let dedup = MemoryDedup::new(10);
+        dedup.reserve(25);
         for i in 0..25 {
             dedup.remember(IdKey::of(&format!("{i}")), TTL);
         }

@@ -52,6 +52,19 @@ pub struct RecoveredJournal {
     started: Instant,
 }
 
+/// About how many ids the journal of the spool in `spool_dir` holds (from its files' sizes,
+/// before they are read), for the table to make room for them at once.
+pub fn estimated_ids(spool_dir: &Path) -> u64 {
+    let Ok(listed) = files::list(&dir_in(spool_dir)) else {
+        return 0;
+    };
+    listed
+        .iter()
+        .filter_map(|(_, path)| std::fs::metadata(path).ok())
+        .map(|m| files::entries_in(m.len()))
+        .sum()
+}
+
 /// Reads the journal of the spool in `spool_dir`, whose last durable record is
 /// `last_durable_seq`, and calls `remember` with each id still within `limits.ttl` and the part
 /// of it left (see `recovery`).
