@@ -112,8 +112,10 @@ pub fn recover(
                 } else {
                     Dropped::Unreadable
                 };
-                tracing::warn!(file = %path.display(), error = %e, "id journal file without a valid header deleted; the ids in it are forgotten");
-                report(metrics, path, reason, bytes.len() as u64);
+                if !bytes.is_empty() {
+                    tracing::warn!(file = %path.display(), error = %e, "id journal file without a valid header deleted; the ids in it are forgotten");
+                    report(metrics, path, reason, bytes.len() as u64);
+                }
                 fs::remove_file(path)?;
                 continue;
             }
