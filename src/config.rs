@@ -1103,7 +1103,9 @@ fn validate_websocket(name: &str, source: &WebSocketSourceSettings) -> Result<()
         (Some(_), false) => {
             return Err(invalid(
                 "sources.websocket.tls",
-                named("is set but the url is not wss://: use wss:// for TLS, or remove the tls table"),
+                named(
+                    "is set but the url is not wss://: use wss:// for TLS, or remove the tls table",
+                ),
             ))
         }
         (None, _) => {}

@@ -200,8 +200,16 @@ impl Application {
                 settings.server.max_buffered_bytes.bytes() as usize,
             )),
         });
-        let server_tls = load_listener_tls(settings.server.tls.as_ref(), crate::tls::SERVER_KEYS, &metrics)?;
-        let admin_tls = load_listener_tls(settings.admin.tls.as_ref(), crate::tls::ADMIN_KEYS, &metrics)?;
+        let server_tls = load_listener_tls(
+            settings.server.tls.as_ref(),
+            crate::tls::SERVER_KEYS,
+            &metrics,
+        )?;
+        let admin_tls = load_listener_tls(
+            settings.admin.tls.as_ref(),
+            crate::tls::ADMIN_KEYS,
+            &metrics,
+        )?;
         let connections_per_worker = max_connections.div_ceil(workers);
         let server = HttpServer::new(move || {
             App::new()

@@ -20,9 +20,9 @@ use futures::{SinkExt, StreamExt};
 use secrecy::ExposeSecret;
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::MaybeTlsStream;
 
@@ -233,18 +233,25 @@ impl WebSocketSource {
         let request = url.into_client_request().map_err(|e| describe(&e))?;
         let host = request.uri().host().unwrap_or_default().to_owned();
         let port = request.uri().port_u16().unwrap_or(443);
-        let tcp = tokio::net::TcpStream::connect((host.trim_start_matches('[').trim_end_matches(']'), port))
-            .await
-            .map_err(|e| format!("TCP: {e}"))?;
+        let tcp = tokio::net::TcpStream::connect((
+            host.trim_start_matches('[').trim_end_matches(']'),
+            port,
+        ))
+        .await
+        .map_err(|e| format!("TCP: {e}"))?;
         tcp.set_nodelay(true).map_err(|e| format!("TCP: {e}"))?;
         let stream = tls
             .connect(&host, tcp)
             .await
             .map_err(|e| format!("TLS handshake: {e}"))?;
-        tokio_tungstenite::client_async_with_config(request, MaybeTlsStream::Rustls(stream), Some(config))
-            .await
-            .map(|(socket, _)| socket)
-            .map_err(|e| describe(&e))
+        tokio_tungstenite::client_async_with_config(
+            request,
+            MaybeTlsStream::Rustls(stream),
+            Some(config),
+        )
+        .await
+        .map(|(socket, _)| socket)
+        .map_err(|e| describe(&e))
     }
 
     /// The graceful stop: sends Close, then keeps reading and storing until the server's Close

@@ -30,7 +30,11 @@ pub struct TlsSettings {
 impl TlsSettings {
     /// Builds the client configuration once to check every file; `source` names a WebSocket
     /// source in the message.
-    pub(super) fn validate(&self, keys: &ClientKeys, source: Option<&str>) -> Result<(), ConfigError> {
+    pub(super) fn validate(
+        &self,
+        keys: &ClientKeys,
+        source: Option<&str>,
+    ) -> Result<(), ConfigError> {
         ClientTls::new(self, keys)
             .map(drop)
             .map_err(|e| tls_invalid(e, source))

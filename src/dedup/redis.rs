@@ -18,9 +18,9 @@ use redis::{RedisError, Script};
 use super::redis_connection::{Probe, RedisConnection, Shared, StartError};
 use super::redis_fence::Fences;
 use super::redis_target::{Connector, RedisTarget};
+use super::{BuildError, ClaimOutcome, ClaimToken, CommitOutcome, DedupError, Deduplicator};
 use crate::config::TlsSettings;
 use crate::tls::ClientTls;
-use super::{BuildError, ClaimOutcome, ClaimToken, CommitOutcome, DedupError, Deduplicator};
 
 /// Value of a committed id. Claim tokens are 16 hex digits, so they never equal it.
 const COMMITTED: &str = "c";

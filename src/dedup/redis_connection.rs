@@ -57,7 +57,10 @@ pub(super) struct RedisConnection {
 
 /// Why the first connection attempt refused to go on.
 pub(super) enum StartError {
-    Evicting { policy: String, maxmemory: u64 },
+    Evicting {
+        policy: String,
+        maxmemory: u64,
+    },
     /// The TLS handshake failed: a certificate the gateway does not trust, a name that does not
     /// match, a client certificate Redis refused. A configuration error, not an outage.
     Tls(String),

@@ -11,7 +11,9 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, RedisError};
+use redis::{
+    AsyncConnectionConfig, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, RedisError,
+};
 
 use crate::tls::ClientTls;
 
@@ -39,9 +41,11 @@ impl RedisTarget {
             None => (false, url.to_owned()),
         };
         if plain.contains('#') {
-            return Err("has a #fragment; `#insecure` (no certificate check) is not supported: \
+            return Err(
+                "has a #fragment; `#insecure` (no certificate check) is not supported: \
                         trust a private CA with dedup.tls.ca_file instead"
-                .into());
+                    .into(),
+            );
         }
         let info = plain.as_str().into_connection_info().map_err(|_| {
             "is not a Redis URL such as redis://127.0.0.1:6379 or rediss://redis.internal:6380"
@@ -96,10 +100,10 @@ impl Connector {
                     tcp.set_nodelay(true)?;
                     match (&self.tls, self.target.tls) {
                         (Some(tls), true) => {
-                            let stream = tls.connect(host, tcp).await.map_err(|e| {
-                                tls_failure.note(&e);
-                                e
-                            })?;
+                            let stream = tls
+                                .connect(host, tcp)
+                                .await
+                                .inspect_err(|e| tls_failure.note(e))?;
                             let stream = Noting {
                                 inner: stream,
                                 failure: tls_failure.clone(),

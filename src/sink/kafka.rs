@@ -54,7 +54,10 @@ const UNVERIFIED_TLS: &[(&str, &str)] = &[
 /// property is explicit, and this log line keeps it from going unnoticed).
 fn warn_unverified_tls(settings: &KafkaSinkSettings) {
     for (name, off) in UNVERIFIED_TLS {
-        let value = settings.properties.get(*name).map(|v| v.expose_secret().trim().to_ascii_lowercase());
+        let value = settings
+            .properties
+            .get(*name)
+            .map(|v| v.expose_secret().trim().to_ascii_lowercase());
         if value.as_deref() == Some(*off) {
             tracing::error!(
                 sink = "kafka",

@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::Confirmation;
 use lapin::tcp::{AMQPUriTcpExt, RustlsConnector, TLSConfig};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::uri::{AMQPScheme, AMQPUri};
+use lapin::Confirmation;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use secrecy::ExposeSecret;
 
@@ -101,7 +101,10 @@ impl Link {
 impl RabbitMqSink {
     /// Creates the sink and starts connecting in the background: an unreachable broker makes
     /// the sink down, not the start-up fail.
-    pub fn new(settings: &RabbitMqSinkSettings, metrics: Metrics) -> Result<Self, crate::tls::TlsError> {
+    pub fn new(
+        settings: &RabbitMqSinkSettings,
+        metrics: Metrics,
+    ) -> Result<Self, crate::tls::TlsError> {
         let tls = if settings.uri.expose_secret().starts_with("amqps://") {
             let tls_settings = settings.tls.clone().unwrap_or_default();
             Some(ClientTls::new(&tls_settings, &crate::tls::RABBITMQ_KEYS)?)

@@ -26,7 +26,10 @@ impl std::fmt::Debug for ClientTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientTls")
             .field("server_name", &self.server_name)
-            .field("client_certificate", &self.identity.as_ref().map(|i| &i.subject))
+            .field(
+                "client_certificate",
+                &self.identity.as_ref().map(|i| &i.subject),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -45,22 +48,22 @@ impl ClientTls {
                     TlsError::file(
                         keys.ca_file,
                         path,
-                        format!("certificate {} of {count} cannot be a trust anchor: {e}", index + 1),
+                        format!(
+                            "certificate {} of {count} cannot be a trust anchor: {e}",
+                            index + 1
+                        ),
                     )
                 })?;
             }
         }
         let server_name = match settings.server_name.as_deref() {
             None => None,
-            Some(name) => Some(
-                ServerName::try_from(name.trim().to_owned())
-                    .map_err(|_| {
-                        TlsError::key(
-                            keys.server_name,
-                            "is not a DNS name or IP address (e.g. broker.internal)",
-                        )
-                    })?,
-            ),
+            Some(name) => Some(ServerName::try_from(name.trim().to_owned()).map_err(|_| {
+                TlsError::key(
+                    keys.server_name,
+                    "is not a DNS name or IP address (e.g. broker.internal)",
+                )
+            })?),
         };
         let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
@@ -78,10 +81,16 @@ impl ClientTls {
                 )
             }
             (Some(_), None) => {
-                return Err(TlsError::key(keys.key_file, format!("is required with {}", keys.cert_file)))
+                return Err(TlsError::key(
+                    keys.key_file,
+                    format!("is required with {}", keys.cert_file),
+                ))
             }
             (None, Some(_)) => {
-                return Err(TlsError::key(keys.cert_file, format!("is required with {}", keys.key_file)))
+                return Err(TlsError::key(
+                    keys.cert_file,
+                    format!("is required with {}", keys.key_file),
+                ))
             }
         };
         Ok(ClientTls {

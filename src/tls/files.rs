@@ -20,7 +20,8 @@ pub const MAX_PEM_BYTES: u64 = 4 * 1024 * 1024;
 /// larger than [`MAX_PEM_BYTES`] (a device or a FIFO would never end).
 pub fn read(key: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
     let fail = |problem: String| TlsError::file(key, path, problem);
-    let file = std::fs::File::open(path).map_err(|e| fail(format!("cannot be read: {}", io_reason(&e))))?;
+    let file = std::fs::File::open(path)
+        .map_err(|e| fail(format!("cannot be read: {}", io_reason(&e))))?;
     let metadata = file
         .metadata()
         .map_err(|e| fail(format!("cannot be read: {}", io_reason(&e))))?;
@@ -50,7 +51,10 @@ fn io_reason(error: &std::io::Error) -> String {
 }
 
 /// Every `CERTIFICATE` in the PEM file, in order; at least one.
-pub fn certificates(key: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub fn certificates(
+    key: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let bytes = read(key, path)?;
     let certs = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
@@ -67,7 +71,11 @@ pub fn certificates(key: &'static str, path: &Path) -> Result<Vec<CertificateDer
             return Err(TlsError::file(
                 key,
                 path,
-                format!("certificate {} of {} is not a valid X.509 certificate", index + 1, certs.len()),
+                format!(
+                    "certificate {} of {} is not a valid X.509 certificate",
+                    index + 1,
+                    certs.len()
+                ),
             ));
         }
     }
@@ -100,7 +108,9 @@ pub fn private_key(key: &'static str, path: &Path) -> Result<PrivateKeyDer<'stat
 /// What is wrong with a PEM file, in words that quote nothing from it.
 fn pem_problem(error: &pem::Error) -> String {
     match error {
-        pem::Error::MissingSectionEnd { .. } => "is not valid PEM: a section has no END line".into(),
+        pem::Error::MissingSectionEnd { .. } => {
+            "is not valid PEM: a section has no END line".into()
+        }
         pem::Error::IllegalSectionStart { .. } => "is not valid PEM: a malformed BEGIN line".into(),
         pem::Error::Base64Decode(_) => "is not valid PEM: a section is not valid base64".into(),
         pem::Error::SectionTooLarge => "is not valid PEM: a section is too large".into(),
@@ -185,14 +195,20 @@ impl Identity {
             return Err(TlsError::file(
                 key,
                 path,
-                format!("holds a certificate that expired on {}", rfc3339(self.not_after)),
+                format!(
+                    "holds a certificate that expired on {}",
+                    rfc3339(self.not_after)
+                ),
             ));
         }
         if now < self.not_before {
             return Err(TlsError::file(
                 key,
                 path,
-                format!("holds a certificate that is valid only from {}", rfc3339(self.not_before)),
+                format!(
+                    "holds a certificate that is valid only from {}",
+                    rfc3339(self.not_before)
+                ),
             ));
         }
         Ok(())
@@ -211,8 +227,10 @@ fn unix_now() -> i64 {
 }
 
 fn rfc3339(seconds: i64) -> String {
-    chrono::DateTime::from_timestamp(seconds, 0)
-        .map_or_else(|| seconds.to_string(), |t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+    chrono::DateTime::from_timestamp(seconds, 0).map_or_else(
+        || seconds.to_string(),
+        |t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+    )
 }
 
 /// The process's one crypto provider for rustls (ring, which lapin and reqwest already use).

@@ -19,7 +19,9 @@ use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
-use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::{
+    DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
+};
 use sha2::{Digest, Sha256};
 
 use super::files::{self, Identity};
@@ -66,7 +68,10 @@ struct Material {
 
 impl ListenerTls {
     /// Loads and checks the files; an error names the key and the file.
-    pub fn new(settings: &ListenerTlsSettings, keys: ListenerKeys) -> Result<ListenerTls, TlsError> {
+    pub fn new(
+        settings: &ListenerTlsSettings,
+        keys: ListenerKeys,
+    ) -> Result<ListenerTls, TlsError> {
         let files = Files {
             keys,
             cert_file: settings.cert_file.clone(),
@@ -77,7 +82,9 @@ impl ListenerTls {
         Ok(ListenerTls {
             files,
             reload_interval: settings.reload_interval,
-            certificate: Arc::new(CurrentCertificate(RwLock::new(Arc::new(material.certified)))),
+            certificate: Arc::new(CurrentCertificate(RwLock::new(Arc::new(
+                material.certified,
+            )))),
             client_verifier: material
                 .client_verifier
                 .map(|verifier| Arc::new(CurrentVerifier(RwLock::new(verifier)))),
@@ -240,13 +247,17 @@ impl Files {
                         TlsError::file(
                             key,
                             path,
-                            format!("certificate {} of {count} cannot be a trust anchor: {e}", index + 1),
+                            format!(
+                                "certificate {} of {count} cannot be a trust anchor: {e}",
+                                index + 1
+                            ),
                         )
                     })?;
                 }
-                let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                    .build()
-                    .map_err(|e| TlsError::file(key, path, e.to_string()))?;
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                        .build()
+                        .map_err(|e| TlsError::file(key, path, e.to_string()))?;
                 Some(verifier)
             }
         };

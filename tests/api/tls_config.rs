@@ -44,7 +44,11 @@ fn a_directory_or_garbage_instead_of_a_pem_file_is_named_with_its_key() {
     let ca = TestCa::new("CA");
     let server = ca.server(dir.path(), "server", &["localhost"]);
     let garbage = dir.path().join("garbage.pem");
-    std::fs::write(&garbage, "-----BEGIN CERTIFICATE-----\nnot base64 at all!\n").unwrap();
+    std::fs::write(
+        &garbage,
+        "-----BEGIN CERTIFICATE-----\nnot base64 at all!\n",
+    )
+    .unwrap();
 
     let directory = config_error(&listener(dir.path(), dir.path(), &server.key_file));
     let broken = config_error(&listener(dir.path(), &garbage, &server.key_file));
@@ -158,7 +162,10 @@ fn a_chain_with_the_ca_first_is_refused_because_the_leaf_must_come_first() {
 
     let error = config_error(&listener(dir.path(), &reversed, &server.key_file));
 
-    assert!(error.contains("leaf certificate must come first"), "{error}");
+    assert!(
+        error.contains("leaf certificate must come first"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -196,7 +203,10 @@ fn client_tls_tables_name_their_own_keys_and_never_the_url_password() {
         client.cert_file.display(),
         dir.path().join("gone.key").display()
     ));
-    assert!(websocket.contains("`sources.websocket.tls.key_file`"), "{websocket}");
+    assert!(
+        websocket.contains("`sources.websocket.tls.key_file`"),
+        "{websocket}"
+    );
     assert!(websocket.contains("(source `orders`)"), "{websocket}");
     assert!(!websocket.contains("tok-5521"), "{websocket}");
 }
@@ -223,10 +233,23 @@ fn a_tls_table_on_a_plain_url_and_a_switch_that_turns_verification_off_are_refus
     assert!(plain_redis.contains("rediss://"), "{plain_redis}");
     assert!(insecure.contains("`dedup.redis_url`"), "{insecure}");
     assert!(insecure.contains("#insecure"), "{insecure}");
-    assert!(plain_rabbit.contains("`sinks.rabbitmq.tls`"), "{plain_rabbit}");
-    assert!(plain_websocket.contains("`sources.websocket.tls`"), "{plain_websocket}");
-    assert!(unknown_switch.contains("insecure_skip_verify"), "{unknown_switch}");
-    for (error, secret) in [(&plain_redis, "pw-1"), (&insecure, "pw-2"), (&plain_rabbit, "pw-3")] {
+    assert!(
+        plain_rabbit.contains("`sinks.rabbitmq.tls`"),
+        "{plain_rabbit}"
+    );
+    assert!(
+        plain_websocket.contains("`sources.websocket.tls`"),
+        "{plain_websocket}"
+    );
+    assert!(
+        unknown_switch.contains("insecure_skip_verify"),
+        "{unknown_switch}"
+    );
+    for (error, secret) in [
+        (&plain_redis, "pw-1"),
+        (&insecure, "pw-2"),
+        (&plain_rabbit, "pw-3"),
+    ] {
         assert!(!error.contains(secret), "{error}");
     }
 }

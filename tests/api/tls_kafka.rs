@@ -33,8 +33,7 @@ impl TlsKafka {
     async fn start(dir: &Path, server: &Issued) -> TlsKafka {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let tls_port = listener.local_addr().unwrap().port();
-        let broker =
-            OwnBroker::start_advertising(dir, Some(format!("tcp://localhost:{tls_port}")));
+        let broker = OwnBroker::start_advertising(dir, Some(format!("tcp://localhost:{tls_port}")));
         let front = TlsFront::start_on(
             listener,
             broker.address().parse().unwrap(),
@@ -145,11 +144,21 @@ async fn notifications_reach_a_broker_over_ssl_with_the_ca_in_ssl_ca_location() 
     }
 
     // Assert
-    let got =
-        consume_over_tls(&kafka.bootstrap(), &ca_file, &topic, 3, Duration::from_secs(30)).await;
+    let got = consume_over_tls(
+        &kafka.bootstrap(),
+        &ca_file,
+        &topic,
+        3,
+        Duration::from_secs(30),
+    )
+    .await;
     assert_eq!(got.iter().map(message_id).collect::<Vec<_>>(), ids);
     assert_eq!(got[0].payload().unwrap(), sample_with_id("kafka-tls-0"));
-    assert!(kafka.front.failures().is_empty(), "{:?}", kafka.front.failures());
+    assert!(
+        kafka.front.failures().is_empty(),
+        "{:?}",
+        kafka.front.failures()
+    );
     drop(kafka.broker);
 }
 
@@ -172,7 +181,10 @@ async fn a_gateway_given_another_ca_publishes_nothing_to_the_tls_broker() {
     .await;
 
     // Act
-    assert_eq!(app.post(sample_with_id("kafka-wrong-ca")).await.status(), 200);
+    assert_eq!(
+        app.post(sample_with_id("kafka-wrong-ca")).await.status(),
+        200
+    );
 
     // Assert: the front saw the gateway give up its handshakes, and the topic stays empty.
     assert!(
@@ -183,8 +195,14 @@ async fn a_gateway_given_another_ca_publishes_nothing_to_the_tls_broker() {
         app.metric("dataloy_gateway_sink_up{sink=\"kafka\"}").await,
         0.0
     );
-    let got =
-        consume_over_tls(&kafka.bootstrap(), &ca_file, &topic, 1, Duration::from_secs(3)).await;
+    let got = consume_over_tls(
+        &kafka.bootstrap(),
+        &ca_file,
+        &topic,
+        1,
+        Duration::from_secs(3),
+    )
+    .await;
     assert!(got.is_empty());
 }
 
@@ -229,5 +247,7 @@ format = "json"
         "{}",
         gateway.log_text()
     );
-    assert!(gateway.log_text().contains("enable.ssl.certificate.verification"));
+    assert!(gateway
+        .log_text()
+        .contains("enable.ssl.certificate.verification"));
 }

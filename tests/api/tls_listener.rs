@@ -145,7 +145,10 @@ async fn the_admin_listener_with_a_client_ca_answers_only_clients_with_a_certifi
         })
     })
     .await;
-    let url = format!("https://localhost:{}/health/ready", port_of(&app.admin_address));
+    let url = format!(
+        "https://localhost:{}/health/ready",
+        port_of(&app.admin_address)
+    );
 
     // Act
     let with_certificate = https_client(&ca, Some(&scraper)).get(&url).send().await;
@@ -159,7 +162,8 @@ async fn the_admin_listener_with_a_client_ca_answers_only_clients_with_a_certifi
 }
 
 #[tokio::test]
-async fn a_certificate_replaced_on_disk_is_served_to_new_connections_and_an_open_one_keeps_working() {
+async fn a_certificate_replaced_on_disk_is_served_to_new_connections_and_an_open_one_keeps_working()
+{
     // Arrange: the listener checks its files every second.
     let pki = tempfile::tempdir().unwrap();
     let ca = TestCa::new("Rotation CA");
@@ -196,7 +200,10 @@ async fn a_certificate_replaced_on_disk_is_served_to_new_connections_and_an_open
             .await,
         1.0
     );
-    assert_eq!(ids_of(&app.wait_for_events(2).await), ["rotate-1", "rotate-2"]);
+    assert_eq!(
+        ids_of(&app.wait_for_events(2).await),
+        ["rotate-1", "rotate-2"]
+    );
 }
 
 #[tokio::test]
@@ -232,7 +239,11 @@ async fn a_replacement_whose_key_does_not_match_is_refused_and_the_old_certifica
         .await
     );
     let (mut connection, served) = open(port, &ca).await;
-    assert_eq!(served, serial_of(&first), "the old certificate is still served");
+    assert_eq!(
+        served,
+        serial_of(&first),
+        "the old certificate is still served"
+    );
     assert_eq!(post_on(&mut connection, "mismatch-1").await, 200);
 
     // Act 2: the key follows; the pair is loaded.

@@ -22,10 +22,7 @@ const BROKER: &str = "127.0.0.1:5672";
 
 fn amqps_settings(exchange: &str, front: &TlsFront, tls: TlsSettings) -> RabbitMqSinkSettings {
     RabbitMqSinkSettings {
-        uri: SecretString::from(format!(
-            "amqps://guest:guest@localhost:{}/%2f",
-            front.port
-        )),
+        uri: SecretString::from(format!("amqps://guest:guest@localhost:{}/%2f", front.port)),
         connect_timeout: Duration::from_secs(5),
         tls: Some(tls),
         ..rabbitmq_settings(exchange)
@@ -66,7 +63,8 @@ async fn notifications_are_published_with_confirms_over_amqps_to_a_broker_with_a
     let got = drain(&queue, ids.len(), Duration::from_secs(30)).await;
     assert_eq!(got.iter().map(message_id).collect::<Vec<_>>(), ids);
     assert_eq!(
-        app.metric("dataloy_gateway_sink_up{sink=\"rabbitmq\"}").await,
+        app.metric("dataloy_gateway_sink_up{sink=\"rabbitmq\"}")
+            .await,
         1.0
     );
     assert!(front.failures().is_empty(), "{:?}", front.failures());
@@ -93,7 +91,10 @@ async fn a_broker_certificate_from_another_ca_is_refused_and_nothing_is_sent() {
     let sink = RabbitMqSink::new(&settings, Metrics::new()).unwrap();
 
     // Act
-    let error = sink.publish(&[notification("wrong-ca-1")]).await.unwrap_err();
+    let error = sink
+        .publish(&[notification("wrong-ca-1")])
+        .await
+        .unwrap_err();
 
     // Assert
     assert_eq!(error.confirmed, 0);
@@ -149,10 +150,16 @@ async fn a_broker_that_asks_for_client_certificates_gets_the_configured_one() {
     let published = identified.publish(&[notification("mtls-1")]).await;
 
     // Assert
-    assert!(refused.is_err(), "a gateway without a client certificate is refused");
+    assert!(
+        refused.is_err(),
+        "a gateway without a client certificate is refused"
+    );
     assert!(published.is_ok(), "{:?}", published.err().map(|e| e.source));
     assert!(
-        front.subjects().iter().any(|s| s.contains("gateway.dataloy.internal")),
+        front
+            .subjects()
+            .iter()
+            .any(|s| s.contains("gateway.dataloy.internal")),
         "{:?}",
         front.subjects()
     );

@@ -23,7 +23,13 @@ struct TlsRedis {
 impl TlsRedis {
     /// Serves `server` (issued by `ca`) on a free port; with `require_client_cert`, every
     /// client must present a certificate `ca` issued.
-    fn start(dir: &Path, ca: &TestCa, server: &Issued, require_client_cert: bool, extra: &[&str]) -> TlsRedis {
+    fn start(
+        dir: &Path,
+        ca: &TestCa,
+        server: &Issued,
+        require_client_cert: bool,
+        extra: &[&str],
+    ) -> TlsRedis {
         Self::start_on(free_port(), dir, ca, server, require_client_cert, extra)
     }
 
@@ -56,7 +62,10 @@ impl TlsRedis {
             .expect("redis-server is installed (scripts/services.sh)");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(std::time::Instant::now() < deadline, "redis-server did not start");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         TlsRedis { port, child }
@@ -110,7 +119,11 @@ async fn dedup_over_rediss_trusts_the_company_ca_and_recognises_a_retry() {
 
     // Assert
     assert_eq!(first, (200, "accepted".to_owned()));
-    assert_eq!(retry, (200, "duplicate".to_owned()), "the id is in the TLS Redis");
+    assert_eq!(
+        retry,
+        (200, "duplicate".to_owned()),
+        "the id is in the TLS Redis"
+    );
     assert_eq!(app.ready_status().await, 200);
 }
 
@@ -121,7 +134,13 @@ async fn a_redis_certificate_from_another_ca_stops_the_start_with_the_reason() {
     let pki = tempfile::tempdir().unwrap();
     let ca = TestCa::new("Redis CA");
     let server = ca.server(pki.path(), "redis", &["localhost"]);
-    let redis = TlsRedis::start(pki.path(), &ca, &server, false, &["--requirepass", "pw-0451"]);
+    let redis = TlsRedis::start(
+        pki.path(),
+        &ca,
+        &server,
+        false,
+        &["--requirepass", "pw-0451"],
+    );
     let other = TestCa::new("Some Other CA");
     let other_file = other.write(pki.path(), "other-ca.pem");
     let dir = tempfile::tempdir().unwrap();
@@ -191,7 +210,8 @@ async fn the_host_name_must_match_the_certificate_unless_server_name_says_which_
 }
 
 #[tokio::test]
-async fn a_redis_that_requires_client_certificates_gets_the_configured_one_and_refuses_a_gateway_without() {
+async fn a_redis_that_requires_client_certificates_gets_the_configured_one_and_refuses_a_gateway_without(
+) {
     // Arrange: `--tls-auth-clients yes`, client certificates from the same CA.
     let pki = tempfile::tempdir().unwrap();
     let ca = TestCa::new("mTLS CA");
@@ -277,10 +297,18 @@ async fn a_redis_that_turns_to_an_untrusted_certificate_makes_the_gateway_unread
     // Longer than the reconnect backoff (2 s at most) and the probe interval (1 s): the keeper
     // keeps trying, and every handshake fails.
     for attempt in 1..=30 {
-        let (status, _) = status_of(app.post(sample_with_id(&format!("rogue-{attempt}"))).await).await;
-        assert_eq!(status, 503, "attempt {attempt}: the reconnect must fail the handshake");
+        let (status, _) =
+            status_of(app.post(sample_with_id(&format!("rogue-{attempt}"))).await).await;
+        assert_eq!(
+            status, 503,
+            "attempt {attempt}: the reconnect must fail the handshake"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(app.ready_status().await, 503, "readiness reports the untrusted Redis");
+    assert_eq!(
+        app.ready_status().await,
+        503,
+        "readiness reports the untrusted Redis"
+    );
     drop(redis);
 }

@@ -62,7 +62,13 @@ impl TestCa {
 
     /// A client certificate with common name `name`.
     pub fn client(&self, dir: &Path, stem: &str, name: &str) -> Issued {
-        self.issue(dir, stem, &[name], ExtendedKeyUsagePurpose::ClientAuth, None)
+        self.issue(
+            dir,
+            stem,
+            &[name],
+            ExtendedKeyUsagePurpose::ClientAuth,
+            None,
+        )
     }
 
     /// A server certificate valid only between the two dates.

@@ -60,7 +60,11 @@ async fn pushed_notifications_arrive_over_wss_from_a_server_with_a_company_ca() 
     let pki = tempfile::tempdir().unwrap();
     let ca = TestCa::new("Dataloy Test CA");
     let server = ca.server(pki.path(), "dataloy", &["localhost"]);
-    let port = wss_dataloy(server_config(&server, None), vec![text("wss-1"), text("wss-2")]).await;
+    let port = wss_dataloy(
+        server_config(&server, None),
+        vec![text("wss-1"), text("wss-2")],
+    )
+    .await;
     let tls = TlsSettings {
         ca_file: Some(ca.write(pki.path(), "ca.pem")),
         ..TlsSettings::default()
@@ -85,7 +89,8 @@ async fn pushed_notifications_arrive_over_wss_from_a_server_with_a_company_ca() 
 }
 
 #[tokio::test]
-async fn a_server_name_override_checks_the_certificate_against_that_name_when_the_url_has_an_address() {
+async fn a_server_name_override_checks_the_certificate_against_that_name_when_the_url_has_an_address(
+) {
     // Arrange: the certificate names only `dataloy.test`; the URL uses 127.0.0.1.
     let pki = tempfile::tempdir().unwrap();
     let ca = TestCa::new("Dataloy Test CA");
