@@ -20,14 +20,14 @@ pub const MAX_PEM_BYTES: u64 = 4 * 1024 * 1024;
 /// larger than [`MAX_PEM_BYTES`] (a device or a FIFO would never end).
 pub fn read(key: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
     let fail = |problem: String| TlsError::file(key, path, problem);
-    let file = std::fs::File::open(path)
-        .map_err(|e| fail(format!("cannot be read: {}", io_reason(&e))))?;
-    let metadata = file
-        .metadata()
-        .map_err(|e| fail(format!("cannot be read: {}", io_reason(&e))))?;
+    // Checked before opening: opening a FIFO would wait for a writer.
+    let metadata =
+        std::fs::metadata(path).map_err(|e| fail(format!("cannot be read: {}", io_reason(&e))))?;
     if !metadata.is_file() {
         return Err(fail("is not a regular file".into()));
     }
+    let file = std::fs::File::open(path)
+        .map_err(|e| fail(format!("cannot be read: {}", io_reason(&e))))?;
     let mut bytes = Vec::new();
     file.take(MAX_PEM_BYTES + 1)
         .read_to_end(&mut bytes)
