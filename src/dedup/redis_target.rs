@@ -5,6 +5,7 @@
 //! and authenticates with the URL's credentials as usual.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -16,6 +17,11 @@ use redis::{
 };
 
 use crate::tls::ClientTls;
+
+/// How far opening a connection got.
+const PHASE_TCP: u8 = 0;
+const PHASE_TLS: u8 = 1;
+const PHASE_REDIS: u8 = 2;
 
 /// A parsed `dedup.redis_url`.
 #[derive(Clone)]
@@ -93,6 +99,8 @@ impl Connector {
         // A TLS 1.3 server tells a refused client certificate only after the handshake, when
         // redis reads its first answer: the stream notes TLS failures wherever they show.
         let tls_failure = TlsFailure::default();
+        // How far opening got, for the timeout's message.
+        let phase = AtomicU8::new(PHASE_TCP);
         let opening = async {
             let (connection, driver) = match &self.target.address {
                 Address::Tcp { host, port } => {
@@ -100,6 +108,7 @@ impl Connector {
                     tcp.set_nodelay(true)?;
                     match (&self.tls, self.target.tls) {
                         (Some(tls), true) => {
+                            phase.store(PHASE_TLS, Ordering::Relaxed);
                             let stream = tls
                                 .connect(host, tcp)
                                 .await
@@ -108,6 +117,7 @@ impl Connector {
                                 inner: stream,
                                 failure: tls_failure.clone(),
                             };
+                            phase.store(PHASE_REDIS, Ordering::Relaxed);
                             let (connection, driver) = MultiplexedConnection::new_with_config(
                                 &self.target.info,
                                 stream,
@@ -150,7 +160,13 @@ impl Connector {
             Ok(result) => result,
             Err(_) => Err(RedisError::from(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
-                "no Redis connection within dedup.redis_timeout",
+                match phase.load(Ordering::Relaxed) {
+                    PHASE_TLS => {
+                        "the TLS handshake did not finish within dedup.redis_timeout (a rediss:// \
+                         URL needs Redis's TLS port, its tls-port)"
+                    }
+                    _ => "no Redis connection within dedup.redis_timeout",
+                },
             ))),
         };
         result.map_err(|e| match tls_failure.take() {

@@ -63,7 +63,7 @@ struct Inner {
     tls: Option<ClientTls>,
     link: tokio::sync::Mutex<Option<Link>>,
     up: AtomicBool,
-    /// The first failed connection was logged (before the sink was ever up).
+    /// A failed connection was logged since the sink was last up (one warning per outage).
     reported_down: AtomicBool,
     /// When the publish in progress sent its first message; `None` between publishes.
     publishing_since: parking_lot::Mutex<Option<Instant>>,
