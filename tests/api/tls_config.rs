@@ -253,3 +253,20 @@ fn a_tls_table_on_a_plain_url_and_a_switch_that_turns_verification_off_are_refus
         assert!(!error.contains(secret), "{error}");
     }
 }
+
+#[tokio::test]
+async fn a_misspelt_kafka_property_is_reported_by_name_without_its_value() {
+    let mut settings = crate::kafka::kafka_settings("127.0.0.1:1", "t");
+    settings.properties.insert(
+        "sasl.pasword".into(),
+        secrecy::SecretString::from("s3cret-0042"),
+    );
+
+    let error = match dataloy_gateway::sink::KafkaSink::new(&settings, 1 << 20) {
+        Ok(_) => panic!("the producer was created"),
+        Err(e) => e.to_string(),
+    };
+
+    assert!(error.contains("sasl.pasword"), "{error}");
+    assert!(!error.contains("s3cret-0042"), "{error}");
+}
