@@ -270,3 +270,38 @@ async fn a_misspelt_kafka_property_is_reported_by_name_without_its_value() {
     assert!(error.contains("sasl.pasword"), "{error}");
     assert!(!error.contains("s3cret-0042"), "{error}");
 }
+
+#[test]
+fn tls_tables_can_come_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("CA");
+    let server = ca.server(dir.path(), "server", &["localhost"]);
+    let ca_file = ca.write(dir.path(), "ca.pem");
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(&config, SINK).unwrap();
+    let env = [
+        (
+            "DATALOY_GATEWAY__SERVER__TLS__CERT_FILE",
+            server.cert_file.display().to_string(),
+        ),
+        (
+            "DATALOY_GATEWAY__SERVER__TLS__KEY_FILE",
+            server.key_file.display().to_string(),
+        ),
+        ("DATALOY_GATEWAY__DEDUP__BACKEND", "redis".into()),
+        (
+            "DATALOY_GATEWAY__DEDUP__REDIS_URL",
+            "rediss://localhost:6380".into(),
+        ),
+        (
+            "DATALOY_GATEWAY__DEDUP__TLS__CA_FILE",
+            ca_file.display().to_string(),
+        ),
+    ]
+    .map(|(k, v)| (k.to_owned(), v));
+
+    let settings = dataloy_gateway::config::Settings::load_with_env(Some(&config), env).unwrap();
+
+    assert_eq!(settings.server.tls.unwrap().cert_file, server.cert_file);
+    assert_eq!(settings.dedup.tls.unwrap().ca_file, Some(ca_file));
+}
