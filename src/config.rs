@@ -14,8 +14,10 @@ use crate::sink::template::Template;
 
 mod dataloy;
 mod log;
+mod tls;
 pub use dataloy::{DataloySettings, ExtraMembers, SubscriptionSettings, MANAGED_MEMBERS};
 pub use log::{LogFormat, LogSettings};
+pub use tls::{ListenerTlsSettings, TlsSettings};
 
 /// Prefix of environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "DATALOY_GATEWAY";
@@ -189,6 +191,8 @@ pub struct WebSocketSourceSettings {
     pub pong_timeout: Duration,
     /// `/health/ready` fails while this source is disconnected.
     pub required_for_readiness: bool,
+    /// Whom to trust and what to present on a `wss://` URL.
+    pub tls: Option<TlsSettings>,
 }
 
 impl Default for WebSocketSourceSettings {
@@ -202,6 +206,7 @@ impl Default for WebSocketSourceSettings {
             ping_interval: Duration::from_secs(20),
             pong_timeout: Duration::from_secs(10),
             required_for_readiness: false,
+            tls: None,
         }
     }
 }
@@ -233,6 +238,8 @@ pub struct ServerSettings {
     /// connections wait in the kernel's backlog, so the spool and the admin listener always
     /// keep file descriptors (README, Operations).
     pub max_connections: usize,
+    /// HTTPS on the notification listener (otherwise plain HTTP, e.g. behind an ingress).
+    pub tls: Option<ListenerTlsSettings>,
 }
 
 impl Default for ServerSettings {
@@ -247,6 +254,7 @@ impl Default for ServerSettings {
             max_in_flight: 1024,
             max_buffered_bytes: ByteSize(64 * 1024 * 1024),
             max_connections: 1024,
+            tls: None,
         }
     }
 }
@@ -256,12 +264,15 @@ impl Default for ServerSettings {
 pub struct AdminSettings {
     /// Address of the admin listener (`/metrics`, `/health/*`).
     pub bind: String,
+    /// HTTPS on the admin listener.
+    pub tls: Option<ListenerTlsSettings>,
 }
 
 impl Default for AdminSettings {
     fn default() -> Self {
         Self {
             bind: "127.0.0.1:9090".into(),
+            tls: None,
         }
     }
 }
@@ -338,6 +349,8 @@ pub struct DedupSettings {
     /// default such a Redis is refused, since an evicted id is accepted and published again.
     pub redis_allow_eviction: bool,
     pub on_backend_error: OnBackendError,
+    /// Whom to trust and what to present on a `rediss://` URL.
+    pub tls: Option<TlsSettings>,
 }
 
 impl DedupSettings {
@@ -363,6 +376,7 @@ impl Default for DedupSettings {
             redis_timeout: Duration::from_millis(500),
             redis_allow_eviction: false,
             on_backend_error: OnBackendError::Reject,
+            tls: None,
         }
     }
 }
@@ -483,6 +497,8 @@ pub struct RabbitMqSinkSettings {
     pub confirm_timeout: Duration,
     /// What to do with a notification no queue is bound for (returned by the broker).
     pub unroutable: UnroutablePolicy,
+    /// Whom to trust and what to present on an `amqps://` URI.
+    pub tls: Option<TlsSettings>,
 }
 
 /// `sinks.rabbitmq.unroutable`.
@@ -510,6 +526,7 @@ impl Default for RabbitMqSinkSettings {
             connect_timeout: Duration::from_secs(10),
             confirm_timeout: Duration::from_secs(30),
             unroutable: UnroutablePolicy::default(),
+            tls: None,
         }
     }
 }
@@ -750,6 +767,12 @@ impl Settings {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let server_bind = parse_bind("server.bind", &self.server.bind)?;
         parse_bind("admin.bind", &self.admin.bind)?;
+        if let Some(tls) = &self.server.tls {
+            tls.validate(crate::tls::SERVER_KEYS)?;
+        }
+        if let Some(tls) = &self.admin.tls {
+            tls.validate(crate::tls::ADMIN_KEYS)?;
+        }
         if self.server.workers == Some(0) {
             return Err(invalid("server.workers", "must be at least 1"));
         }
@@ -806,15 +829,7 @@ impl Settings {
             return Err(invalid("dedup.max_entries", "must be at least 1"));
         }
         if self.dedup.backend == DedupBackend::Redis {
-            if redis::Client::open(self.dedup.redis_url.expose_secret()).is_err() {
-                return Err(invalid(
-                    "dedup.redis_url",
-                    "is not a Redis URL such as redis://127.0.0.1:6379",
-                ));
-            }
-            if self.dedup.redis_timeout.is_zero() {
-                return Err(invalid("dedup.redis_timeout", "must be greater than 0"));
-            }
+            validate_redis(&self.dedup)?;
         }
         if self.spool.enabled {
             if self.spool.dir.as_os_str().is_empty() {
@@ -1007,6 +1022,27 @@ fn validate_kafka(kafka: &KafkaSinkSettings, max_body_bytes: u64) -> Result<(), 
     Ok(())
 }
 
+fn validate_redis(dedup: &DedupSettings) -> Result<(), ConfigError> {
+    // The URL may hold a password: no message repeats it.
+    let target = crate::dedup::RedisTarget::parse(dedup.redis_url.expose_secret())
+        .map_err(|problem| invalid("dedup.redis_url", problem))?;
+    if dedup.redis_timeout.is_zero() {
+        return Err(invalid("dedup.redis_timeout", "must be greater than 0"));
+    }
+    match (&dedup.tls, target.tls) {
+        (Some(tls), true) => tls.validate(&crate::tls::DEDUP_KEYS, None)?,
+        (Some(_), false) => {
+            return Err(invalid(
+                "dedup.tls",
+                "is set but dedup.redis_url is not rediss://: use rediss:// for TLS, or remove \
+                 [dedup.tls]",
+            ))
+        }
+        (None, _) => {}
+    }
+    Ok(())
+}
+
 fn validate_rabbitmq(rabbitmq: &RabbitMqSinkSettings) -> Result<(), ConfigError> {
     let uri = rabbitmq.uri.expose_secret();
     if !(uri.starts_with("amqp://") || uri.starts_with("amqps://")) {
@@ -1018,6 +1054,17 @@ fn validate_rabbitmq(rabbitmq: &RabbitMqSinkSettings) -> Result<(), ConfigError>
     }
     if uri.parse::<lapin::uri::AMQPUri>().is_err() {
         return Err(invalid("sinks.rabbitmq.uri", "is not a valid AMQP URI"));
+    }
+    match (&rabbitmq.tls, uri.starts_with("amqps://")) {
+        (Some(tls), true) => tls.validate(&crate::tls::RABBITMQ_KEYS, None)?,
+        (Some(_), false) => {
+            return Err(invalid(
+                "sinks.rabbitmq.tls",
+                "is set but sinks.rabbitmq.uri is not amqps://: use amqps:// for TLS, or remove \
+                 [sinks.rabbitmq.tls]",
+            ))
+        }
+        (None, _) => {}
     }
     if rabbitmq.exchange.is_empty() && rabbitmq.declare_exchange {
         return Err(invalid(
@@ -1063,6 +1110,18 @@ fn validate_websocket(name: &str, source: &WebSocketSourceSettings) -> Result<()
             "sources.websocket.url",
             named("must start with ws:// or wss://"),
         ));
+    }
+    match (&source.tls, url.starts_with("wss://")) {
+        (Some(tls), true) => tls.validate(&crate::tls::WEBSOCKET_KEYS, Some(name))?,
+        (Some(_), false) => {
+            return Err(invalid(
+                "sources.websocket.tls",
+                named(
+                    "is set but the url is not wss://: use wss:// for TLS, or remove the tls table",
+                ),
+            ))
+        }
+        (None, _) => {}
     }
     if let Some(fields) = &source.fields {
         if serde_json::from_str::<serde_json::Value>(fields).map_or(true, |v| !v.is_object()) {

@@ -21,6 +21,8 @@
 //!   declared ones, through [`dataloy`], the REST client (token, `WebhookSubscription`).
 //! - [`cli`]: the command line (the server, and subcommands: `subscriptions plan`,
 //!   `dead-letters replay`, `spool status`, …).
+//! - [`tls`]: one TLS configuration shape for every client (CA, client certificate, server
+//!   name) and reloadable certificates for the listeners.
 //! - [`metrics`], [`telemetry`]: Prometheus metrics and structured logs.
 //! - `fuzzing` (hidden): the invariants the fuzz targets in `fuzz/` check, replayed by `cargo test`.
 
@@ -45,4 +47,5 @@ pub mod spool;
 pub mod startup;
 pub mod subscriptions;
 pub mod telemetry;
+pub mod tls;
 pub mod websocket;

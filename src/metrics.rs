@@ -130,6 +130,8 @@ pub struct Metrics {
     websocket_reconnects: IntCounterVec,
     websocket_messages: IntCounterVec,
     websocket_batch_size: HistogramVec,
+    tls_certificate_expiry: IntGaugeVec,
+    tls_reloads: IntCounterVec,
     pub dedup_commit_errors: IntCounter,
     pub dedup_lease_lost: IntCounter,
     pub delivery: delivery::DeliveryMetrics,
@@ -323,6 +325,23 @@ impl Metrics {
         registry
             .register(Box::new(websocket_connected.clone()))
             .expect("unique");
+        let tls_certificate_expiry = IntGaugeVec::new(
+            Opts::new(
+                "tls_certificate_expiry_timestamp_seconds",
+                "When the certificate a TLS listener serves expires (Unix seconds).",
+            ),
+            &["listener"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(tls_certificate_expiry.clone()))
+            .expect("unique");
+        let tls_reloads = counter_vec(
+            "tls_reloads_total",
+            "Certificate reloads of a TLS listener (SIGHUP, or files that changed), by outcome \
+             (changed, failed: the old certificate is still served).",
+            &["listener", "outcome"],
+        );
         let websocket_reconnects = counter_vec(
             "websocket_reconnects_total",
             "Times a WebSocket source lost its connection and reconnected.",
@@ -409,6 +428,8 @@ impl Metrics {
             websocket_reconnects,
             websocket_messages,
             websocket_batch_size,
+            tls_certificate_expiry,
+            tls_reloads,
             dedup_commit_errors,
             dedup_lease_lost,
             delivery: delivery::DeliveryMetrics::new(&registry),
@@ -495,6 +516,20 @@ impl Metrics {
             &self.dedup_errors,
             &self.dedup_claims,
         )
+    }
+
+    /// The certificate `listener` serves now expires at `not_after` (Unix seconds).
+    pub fn tls_certificate(&self, listener: &str, not_after: i64) {
+        self.tls_certificate_expiry
+            .with_label_values(&[listener])
+            .set(not_after);
+    }
+
+    /// A certificate reload of `listener` ended with `outcome` (changed, failed).
+    pub fn tls_reload(&self, listener: &str, outcome: &str) {
+        self.tls_reloads
+            .with_label_values(&[listener, outcome])
+            .inc();
     }
 
     pub fn websocket_connected(&self, source: &str, connected: bool) {

@@ -1,6 +1,8 @@
 //! Wiring: `Application::build` opens the spool, builds the dedup backend and sinks, binds both
-//! listeners (port 0 works, for tests) and starts the relay (and the subscription keeper, when
-//! subscriptions are declared); `run_until_stopped` serves until
+//! listeners (port 0 works, for tests; HTTPS with `[server.tls]` / `[admin.tls]`, whose
+//! certificates are watched for changes and reloaded through [`CertificateReloader`]) and starts
+//! the relay (and the subscription keeper, when subscriptions are declared); `run_until_stopped`
+//! serves until
 //! SIGTERM/SIGINT or a [`StopHandle`], then shuts down in order: stop accepting, finish in-flight
 //! requests, let each sink's publish in progress finish and store its cursor, flush the spool,
 //! close the sinks. The whole shutdown is bounded by `server.shutdown_timeout` plus a few
@@ -31,6 +33,7 @@ use crate::routes::{error, health, metrics, webhook};
 use crate::sink::{self, Sink};
 use crate::spool::{Spool, SpoolOptions};
 use crate::subscriptions;
+use crate::tls::{ListenerTls, Reloaded};
 use crate::websocket::{SourceLimits, WebSocketSource};
 
 /// After the relay was interrupted at the shutdown deadline: time to store the cursors of what
@@ -56,6 +59,10 @@ pub struct Application {
     stop_keeper: watch::Sender<bool>,
     stop_requested: watch::Sender<bool>,
     shutting_down: Arc<AtomicBool>,
+    /// The listeners with TLS, whose certificates SIGHUP reloads.
+    listener_tls: Vec<Arc<ListenerTls>>,
+    tls_watchers: Vec<tokio::task::JoinHandle<()>>,
+    metrics: Metrics,
 }
 
 /// Asks a running application to shut down gracefully (what SIGTERM does).
@@ -180,7 +187,8 @@ impl Application {
                 source_limits,
                 ingest.clone(),
                 metrics.clone(),
-            );
+            )
+            .with_context(|| format!("cannot set up WebSocket source `{name}`"))?;
             source_health.push(source.health());
             source_tasks.push(tokio::spawn(source.run(sources_stopped.clone())));
         }
@@ -219,6 +227,16 @@ impl Application {
                 settings.server.max_buffered_bytes.bytes() as usize,
             )),
         });
+        let server_tls = load_listener_tls(
+            settings.server.tls.as_ref(),
+            crate::tls::SERVER_KEYS,
+            &metrics,
+        )?;
+        let admin_tls = load_listener_tls(
+            settings.admin.tls.as_ref(),
+            crate::tls::ADMIN_KEYS,
+            &metrics,
+        )?;
         let connections_per_worker = max_connections.div_ceil(workers);
         let server = HttpServer::new(move || {
             App::new()
@@ -230,8 +248,11 @@ impl Application {
         .max_connections(connections_per_worker)
         .client_request_timeout(settings.server.client_timeout)
         .shutdown_timeout(settings.server.shutdown_timeout.as_secs())
-        .disable_signals()
-        .listen(listener)?
+        .disable_signals();
+        let server = match &server_tls {
+            Some(tls) => server.listen_rustls_0_23(listener, tls.server_config())?,
+            None => server.listen(listener)?,
+        }
         .run();
 
         let shutting_down = Arc::new(AtomicBool::new(false));
@@ -259,9 +280,17 @@ impl Application {
         .workers(1)
         .max_connections(descriptors::ADMIN_MAX_CONNECTIONS)
         .shutdown_timeout(1)
-        .disable_signals()
-        .listen(admin_listener)?
+        .disable_signals();
+        let admin = match &admin_tls {
+            Some(tls) => admin.listen_rustls_0_23(admin_listener, tls.server_config())?,
+            None => admin.listen(admin_listener)?,
+        }
         .run();
+        let listener_tls: Vec<Arc<ListenerTls>> = server_tls.into_iter().chain(admin_tls).collect();
+        let tls_watchers = listener_tls
+            .iter()
+            .map(|tls| tls.clone().watch(metrics.clone()))
+            .collect();
 
         // Started last: it calls Dataloy, which then calls this gateway.
         let (stop_keeper, keeper_stopped) = watch::channel(false);
@@ -271,6 +300,8 @@ impl Application {
             server = %settings.server.bind,
             port,
             admin_port,
+            server_tls = settings.server.tls.is_some(),
+            admin_tls = settings.admin.tls.is_some(),
             spool = settings.spool.enabled,
             sinks = ?sinks.iter().map(|s| s.name()).collect::<Vec<_>>(),
             "dataloy-gateway listening"
@@ -293,6 +324,9 @@ impl Application {
             stop_keeper,
             stop_requested,
             shutting_down,
+            listener_tls,
+            tls_watchers,
+            metrics,
         })
     }
 
@@ -304,6 +338,14 @@ impl Application {
     /// Port of the admin listener.
     pub fn admin_port(&self) -> u16 {
         self.admin_port
+    }
+
+    /// What reloads the listeners' certificates (SIGHUP, see `cli::hangup`).
+    pub fn certificate_reloader(&self) -> CertificateReloader {
+        CertificateReloader {
+            listeners: self.listener_tls.clone(),
+            metrics: self.metrics.clone(),
+        }
     }
 
     pub fn stop_handle(&self) -> StopHandle {
@@ -361,9 +403,63 @@ impl Application {
             .await;
         admin_handle.stop(true).await;
         let _ = timeout(Duration::from_secs(2), admin).await;
+        for watcher in self.tls_watchers {
+            watcher.abort();
+        }
         tracing::info!("dataloy-gateway stopped");
         Ok(())
     }
+}
+
+/// Reloads the TLS listeners' certificates and keys from their files, now.
+#[derive(Clone, Default)]
+pub struct CertificateReloader {
+    listeners: Vec<Arc<ListenerTls>>,
+    metrics: Metrics,
+}
+
+impl CertificateReloader {
+    /// Reads every TLS listener's files again and serves what they hold from the next
+    /// handshake on (a file that does not load leaves that listener as it was); logs and counts
+    /// each outcome. `cause` names the trigger in the log.
+    pub fn reload(&self, cause: &str) -> Vec<Result<Reloaded, crate::tls::TlsError>> {
+        self.listeners
+            .iter()
+            .map(|tls| {
+                let outcome = tls.reload(true);
+                tls.report(&outcome, cause, &self.metrics);
+                outcome
+            })
+            .collect()
+    }
+
+    /// Whether any listener has TLS.
+    pub fn is_empty(&self) -> bool {
+        self.listeners.is_empty()
+    }
+}
+
+/// `[server.tls]` / `[admin.tls]` loaded, with its expiry in the metrics.
+fn load_listener_tls(
+    settings: Option<&crate::config::ListenerTlsSettings>,
+    keys: crate::tls::ListenerKeys,
+    metrics: &Metrics,
+) -> anyhow::Result<Option<Arc<ListenerTls>>> {
+    let Some(settings) = settings else {
+        return Ok(None);
+    };
+    let tls = ListenerTls::new(settings, keys)?;
+    let identity = tls.identity();
+    metrics.tls_certificate(keys.listener, identity.not_after);
+    tracing::info!(
+        listener = keys.listener,
+        subject = %identity.subject,
+        serial = %identity.serial,
+        expires = %identity.expires(),
+        client_certificates = settings.client_ca_file.is_some(),
+        "TLS on the listener"
+    );
+    Ok(Some(Arc::new(tls)))
 }
 
 async fn shutdown_signal() -> &'static str {

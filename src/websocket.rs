@@ -20,13 +20,16 @@ use futures::{SinkExt, StreamExt};
 use secrecy::ExposeSecret;
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::MaybeTlsStream;
 
 use crate::config::WebSocketSourceSettings;
 use crate::ingest::{Accepted, Ingest, IngestError};
 use crate::metrics::{Metrics, Source};
+use crate::tls::{ClientTls, TlsError};
 use read::{Batch, End, Socket};
 
 /// A session that lasted this long resets the reconnect backoff.
@@ -54,6 +57,8 @@ pub struct SourceLimits {
 pub struct WebSocketSource {
     name: String,
     settings: WebSocketSourceSettings,
+    /// For a `wss://` URL: the source's `tls` table (public roots when absent).
+    tls: Option<ClientTls>,
     limits: SourceLimits,
     ingest: Arc<Ingest>,
     metrics: Metrics,
@@ -77,16 +82,23 @@ impl WebSocketSource {
         limits: SourceLimits,
         ingest: Arc<Ingest>,
         metrics: Metrics,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, TlsError> {
+        let tls = if settings.url.expose_secret().starts_with("wss://") {
+            let tls_settings = settings.tls.clone().unwrap_or_default();
+            Some(ClientTls::new(&tls_settings, &crate::tls::WEBSOCKET_KEYS)?)
+        } else {
+            None
+        };
+        Ok(Self {
             name: name.to_owned(),
             settings: settings.clone(),
+            tls,
             limits,
             ingest,
             metrics,
             connected: Arc::new(AtomicBool::new(false)),
             stop_deadline: OnceLock::new(),
-        }
+        })
     }
 
     pub fn health(&self) -> SourceHealth {
@@ -135,11 +147,11 @@ impl WebSocketSource {
         let config = WebSocketConfig::default()
             .max_message_size(Some(self.limits.max_message_bytes))
             .max_frame_size(Some(self.limits.max_message_bytes));
-        let connecting = tokio_tungstenite::connect_async_with_config(url, Some(config), false);
+        let connecting = self.connect(url, config);
         let mut socket = tokio::select! {
             connected = tokio::time::timeout(self.settings.connect_timeout, connecting) => match connected {
-                Ok(Ok((socket, _))) => socket,
-                Ok(Err(e)) => return SessionEnd::Lost(format!("connect failed: {}", describe(&e))),
+                Ok(Ok(socket)) => socket,
+                Ok(Err(e)) => return SessionEnd::Lost(format!("connect failed: {e}")),
                 Err(_) => return SessionEnd::Lost("connect timed out".into()),
             },
             _ = shutdown.wait_for(|stop| *stop) => return SessionEnd::Shutdown,
@@ -206,6 +218,40 @@ impl WebSocketSource {
                 }
             }
         }
+    }
+
+    /// Opens the WebSocket: for `wss://`, TCP and then the TLS handshake with the source's own
+    /// configuration (CA, client certificate, server name), then the WebSocket handshake.
+    /// Errors never hold the URL (its token).
+    async fn connect(&self, url: &str, config: WebSocketConfig) -> Result<Socket, String> {
+        let Some(tls) = &self.tls else {
+            return tokio_tungstenite::connect_async_with_config(url, Some(config), false)
+                .await
+                .map(|(socket, _)| socket)
+                .map_err(|e| describe(&e));
+        };
+        let request = url.into_client_request().map_err(|e| describe(&e))?;
+        let host = request.uri().host().unwrap_or_default().to_owned();
+        let port = request.uri().port_u16().unwrap_or(443);
+        let tcp = tokio::net::TcpStream::connect((
+            host.trim_start_matches('[').trim_end_matches(']'),
+            port,
+        ))
+        .await
+        .map_err(|e| format!("TCP: {e}"))?;
+        tcp.set_nodelay(true).map_err(|e| format!("TCP: {e}"))?;
+        let stream = tls
+            .connect(&host, tcp)
+            .await
+            .map_err(|e| format!("TLS handshake: {e}"))?;
+        tokio_tungstenite::client_async_with_config(
+            request,
+            MaybeTlsStream::Rustls(stream),
+            Some(config),
+        )
+        .await
+        .map(|(socket, _)| socket)
+        .map_err(|e| describe(&e))
     }
 
     /// The graceful stop: sends Close, then keeps reading and storing until the server's Close

@@ -1,4 +1,5 @@
-//! No subcommand: run the gateway until SIGTERM/SIGINT; SIGHUP reloads `log.level` (`hangup`).
+//! No subcommand: run the gateway until SIGTERM/SIGINT; SIGHUP reloads `log.level` and the TLS
+//! listeners' certificates (`hangup`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,14 +11,14 @@ use crate::telemetry;
 
 pub async fn run(settings: Settings, config: Option<PathBuf>) -> ExitCode {
     let log = telemetry::init(&settings.log);
-    if let Err(e) = hangup::handle(config, log) {
+    let certificates = hangup::Certificates::default();
+    if let Err(e) = hangup::handle(config, log, certificates.clone()) {
         tracing::warn!(error = %e, "cannot handle SIGHUP; it will end the process");
     }
     let result = async {
-        Application::build(settings)
-            .await?
-            .run_until_stopped()
-            .await
+        let app = Application::build(settings).await?;
+        *certificates.lock() = Some(app.certificate_reloader());
+        app.run_until_stopped().await
     }
     .await;
     match result {

@@ -14,6 +14,7 @@ pub mod redis;
 mod redis_connection;
 mod redis_eviction;
 mod redis_fence;
+mod redis_target;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +26,7 @@ use crate::config::{DedupBackend, DedupSettings, OnBackendError};
 use crate::metrics::Metrics;
 pub use memory::{IdKey, MemoryDedup};
 pub use redis::{RedisDedup, RedisOptions};
+pub use redis_target::RedisTarget;
 
 /// Identifies one claim, so that a late `release` cannot free an id someone else claimed since.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,8 +63,16 @@ pub enum CommitOutcome {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("dedup.redis_url: {0}")]
+    #[error("`dedup.redis_url` {0}")]
     Url(String),
+    #[error("{0}")]
+    Tls(crate::tls::TlsError),
+    #[error(
+        "Redis (dedup.redis_url) refused the TLS handshake: {0}. Check dedup.tls (ca_file for a \
+         private CA, server_name when the certificate names another host, cert_file and \
+         key_file when Redis asks for a client certificate)"
+    )]
+    Handshake(String),
     #[error(
         "Redis evicts keys (maxmemory {maxmemory} bytes, maxmemory-policy {policy}): an evicted \
          id is accepted again and published twice. Set maxmemory-policy noeviction, or \
@@ -122,6 +132,7 @@ pub async fn build(
                 timeout: settings.redis_timeout,
                 allow_eviction: settings.redis_allow_eviction,
                 max_lease: settings.claim_lease,
+                tls: settings.tls.clone(),
             };
             Arc::new(RedisDedup::connect(options).await?)
         }

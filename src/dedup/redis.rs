@@ -17,7 +17,10 @@ use redis::{RedisError, Script};
 
 use super::redis_connection::{Probe, RedisConnection, Shared, StartError};
 use super::redis_fence::Fences;
+use super::redis_target::{Connector, RedisTarget};
 use super::{BuildError, ClaimOutcome, ClaimToken, CommitOutcome, DedupError, Deduplicator};
+use crate::config::TlsSettings;
+use crate::tls::ClientTls;
 
 /// Value of a committed id. Claim tokens are 16 hex digits, so they never equal it.
 const COMMITTED: &str = "c";
@@ -74,6 +77,8 @@ pub struct RedisOptions {
     pub allow_eviction: bool,
     /// The longest claim lease used: a release that failed is retried for that long.
     pub max_lease: Duration,
+    /// `[dedup.tls]`, for a `rediss://` URL (the public roots when absent).
+    pub tls: Option<TlsSettings>,
 }
 
 struct Scripts {
@@ -96,8 +101,14 @@ impl RedisDedup {
     /// application's main runtime). A Redis that is down at start-up delays nothing but dedup
     /// itself; one that evicts keys is refused unless `allow_eviction`.
     pub async fn connect(options: RedisOptions) -> Result<Self, BuildError> {
-        let client = redis::Client::open(options.url.as_str())
-            .map_err(|e| BuildError::Url(format!("invalid Redis URL: {e}")))?;
+        let target = RedisTarget::parse(&options.url).map_err(BuildError::Url)?;
+        let tls = if target.tls {
+            let settings = options.tls.clone().unwrap_or_default();
+            Some(ClientTls::new(&settings, &crate::tls::DEDUP_KEYS).map_err(BuildError::Tls)?)
+        } else {
+            None
+        };
+        let connector = Connector::new(target, tls, options.timeout);
         let scripts = Arc::new(Scripts {
             claim: Script::new(CLAIM),
             renew: Script::new(RENEW),
@@ -127,15 +138,14 @@ impl RedisDedup {
                 Ok(())
             })
         });
-        let connection =
-            RedisConnection::start(client, options.timeout, options.allow_eviction, probe)
-                .await
-                .map_err(
-                    |StartError::Evicting { policy, maxmemory }| BuildError::Evicting {
-                        policy,
-                        maxmemory,
-                    },
-                )?;
+        let connection = RedisConnection::start(connector, options.allow_eviction, probe)
+            .await
+            .map_err(|e| match e {
+                StartError::Evicting { policy, maxmemory } => {
+                    BuildError::Evicting { policy, maxmemory }
+                }
+                StartError::Tls(reason) => BuildError::Handshake(reason),
+            })?;
         let fences = Fences::start(
             &tokio::runtime::Handle::current(),
             connection.shared().clone(),

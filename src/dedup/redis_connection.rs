@@ -19,10 +19,11 @@ use std::time::Duration;
 
 use parking_lot::RwLock;
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, RedisError};
+use redis::RedisError;
 use tokio::sync::Notify;
 
 use super::redis_eviction::{self, Eviction};
+use super::redis_target::{ConnectError, Connector};
 
 /// How often the keeper probes Redis while calls fail.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
@@ -39,8 +40,7 @@ pub(super) type Probe = Box<
 >;
 
 pub(super) struct Shared {
-    client: Client,
-    config: AsyncConnectionConfig,
+    connector: Connector,
     allow_eviction: bool,
     /// The current connection and its generation, `None` while disconnected.
     current: RwLock<Option<(u64, MultiplexedConnection)>>,
@@ -57,7 +57,13 @@ pub(super) struct RedisConnection {
 
 /// Why the first connection attempt refused to go on.
 pub(super) enum StartError {
-    Evicting { policy: String, maxmemory: u64 },
+    Evicting {
+        policy: String,
+        maxmemory: u64,
+    },
+    /// The TLS handshake failed: a certificate the gateway does not trust, a name that does not
+    /// match, a client certificate Redis refused. A configuration error, not an outage.
+    Tls(String),
 }
 
 impl RedisConnection {
@@ -65,17 +71,12 @@ impl RedisConnection {
     /// keeper there. A Redis that is down at start-up delays nothing but dedup itself; one that
     /// is up and evicts keys refuses the start unless eviction is allowed.
     pub(super) async fn start(
-        client: Client,
-        timeout: Duration,
+        connector: Connector,
         allow_eviction: bool,
         probe: Probe,
     ) -> Result<Self, StartError> {
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout));
         let shared = Arc::new(Shared {
-            client,
-            config,
+            connector,
             allow_eviction,
             current: RwLock::new(None),
             generation: AtomicU64::new(0),
@@ -87,10 +88,15 @@ impl RedisConnection {
             Err(OpenError::Evicting { policy, maxmemory }) => {
                 return Err(StartError::Evicting { policy, maxmemory })
             }
-            Err(OpenError::Redis(e)) => tracing::warn!(
-                error = %e,
-                "Redis (dedup.redis_url) is not reachable at start-up; dedup calls fail until it is"
-            ),
+            Err(OpenError::Connect(ConnectError::Tls(reason))) => {
+                return Err(StartError::Tls(reason))
+            }
+            Err(OpenError::Connect(e)) => {
+                tracing::warn!(
+                    error = %e,
+                    "Redis (dedup.redis_url) is not reachable at start-up; dedup calls fail until it is"
+                )
+            }
         }
         let keeper = tokio::spawn(keep(shared.clone(), probe));
         Ok(Self { shared, keeper })
@@ -108,7 +114,7 @@ impl Drop for RedisConnection {
 }
 
 enum OpenError {
-    Redis(RedisError),
+    Connect(ConnectError),
     Evicting { policy: String, maxmemory: u64 },
 }
 
@@ -160,11 +166,7 @@ impl Shared {
     /// Opens a connection (its driver runs on the calling runtime), checks that Redis keeps
     /// keys until they expire, and installs it.
     async fn open(&self) -> Result<(), OpenError> {
-        let mut connection = self
-            .client
-            .get_multiplexed_async_connection_with_config(&self.config)
-            .await
-            .map_err(OpenError::Redis)?;
+        let mut connection = self.connector.connect().await.map_err(OpenError::Connect)?;
         match redis_eviction::check(&mut connection).await {
             Eviction::Off => {}
             Eviction::Unknown(reason) => tracing::warn!(
@@ -208,12 +210,12 @@ async fn keep(shared: Arc<Shared>, probe: Probe) {
                 Err(e) => {
                     shared.usable.store(false, Ordering::Relaxed);
                     let pause = match &e {
-                        OpenError::Redis(_) => backoff,
+                        OpenError::Connect(_) => backoff,
                         OpenError::Evicting { .. } => EVICTION_RECHECK,
                     };
                     if !reported_down {
                         match e {
-                            OpenError::Redis(e) => {
+                            OpenError::Connect(e) => {
                                 tracing::warn!(error = %e, "cannot connect to Redis for dedup; retrying")
                             }
                             OpenError::Evicting { policy, maxmemory } => tracing::error!(

@@ -29,8 +29,45 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaSinkError {
-    #[error("invalid configuration: `sinks.kafka.properties` {0}")]
+    #[error("invalid configuration: `sinks.kafka.properties` {}", without_value(.0))]
     Client(KafkaError),
+}
+
+/// librdkafka's error text, without the property's value: rdkafka prints it, and it may be a
+/// secret (`sasl.password` under a misspelt name).
+fn without_value(error: &KafkaError) -> String {
+    match error {
+        KafkaError::ClientConfig(_, description, key, _) => {
+            format!("{description} (property `{key}`; its value is not shown)")
+        }
+        other => other.to_string(),
+    }
+}
+
+/// librdkafka properties that turn the broker certificate's check off, and the values that do.
+const UNVERIFIED_TLS: &[(&str, &str)] = &[
+    ("enable.ssl.certificate.verification", "false"),
+    ("ssl.endpoint.identification.algorithm", "none"),
+];
+
+/// Says loudly, at every start, that Kafka's TLS is not verified (allowed for development: the
+/// property is explicit, and this log line keeps it from going unnoticed).
+fn warn_unverified_tls(settings: &KafkaSinkSettings) {
+    for (name, off) in UNVERIFIED_TLS {
+        let value = settings
+            .properties
+            .get(*name)
+            .map(|v| v.expose_secret().trim().to_ascii_lowercase());
+        if value.as_deref() == Some(*off) {
+            tracing::error!(
+                sink = "kafka",
+                property = *name,
+                "sinks.kafka.properties.\"{name}\" = \"{off}\": the Kafka brokers' TLS certificates \
+                 are NOT verified; anyone on the path can read and alter notifications. Use this \
+                 for development only; give the brokers' CA in ssl.ca.location instead"
+            );
+        }
+    }
 }
 
 pub struct KafkaSink {
@@ -53,6 +90,7 @@ impl KafkaSink {
     /// `max_body_bytes` (from `server.max_body_bytes`) sizes the producer's `message.max.bytes`,
     /// so that every body the gateway accepts fits a message.
     pub fn new(settings: &KafkaSinkSettings, max_body_bytes: u64) -> Result<Self, KafkaSinkError> {
+        warn_unverified_tls(settings);
         let config = client_config(settings, max_body_bytes);
         let producer = config
             .create_with_context(ReportCounter)

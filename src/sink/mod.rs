@@ -100,7 +100,7 @@ pub async fn build_all(
         sinks.push(kafka_sink(kafka, max_body_bytes)?);
     }
     if let Some(rabbitmq) = &settings.rabbitmq {
-        sinks.push(Arc::new(RabbitMqSink::new(rabbitmq, metrics.clone())));
+        sinks.push(Arc::new(RabbitMqSink::new(rabbitmq, metrics.clone())?));
     }
     Ok(sinks)
 }
@@ -122,10 +122,10 @@ pub async fn build_named(
             Some(kafka) => Some(kafka_sink(kafka, max_body_bytes)?),
             None => None,
         },
-        "rabbitmq" => settings
-            .rabbitmq
-            .as_ref()
-            .map(|r| Arc::new(RabbitMqSink::new(r, metrics.clone())) as Arc<dyn Sink>),
+        "rabbitmq" => match &settings.rabbitmq {
+            Some(rabbitmq) => Some(Arc::new(RabbitMqSink::new(rabbitmq, metrics.clone())?)),
+            None => None,
+        },
         _ => None,
     })
 }

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::tcp::{AMQPUriTcpExt, RustlsConnector, TLSConfig};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::Confirmation;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use secrecy::ExposeSecret;
@@ -27,6 +29,7 @@ use crate::config::{RabbitMqExchangeKind, RabbitMqSinkSettings, UnroutablePolicy
 use crate::dead_letter::Reason;
 use crate::metrics::Metrics;
 use crate::notification::Notification;
+use crate::tls::ClientTls;
 
 /// Longest AMQP short string, in bytes.
 const SHORT_STRING_MAX: usize = 255;
@@ -56,8 +59,12 @@ pub struct RabbitMqSink {
 struct Inner {
     settings: RabbitMqSinkSettings,
     routing_key: Template,
+    /// For an `amqps://` URI: the `[sinks.rabbitmq.tls]` configuration (public roots when absent).
+    tls: Option<ClientTls>,
     link: tokio::sync::Mutex<Option<Link>>,
     up: AtomicBool,
+    /// A failed connection was logged since the sink was last up (one warning per outage).
+    reported_down: AtomicBool,
     /// When the publish in progress sent its first message; `None` between publishes.
     publishing_since: parking_lot::Mutex<Option<Instant>>,
     metrics: Metrics,
@@ -94,20 +101,31 @@ impl Link {
 impl RabbitMqSink {
     /// Creates the sink and starts connecting in the background: an unreachable broker makes
     /// the sink down, not the start-up fail.
-    pub fn new(settings: &RabbitMqSinkSettings, metrics: Metrics) -> Self {
+    pub fn new(
+        settings: &RabbitMqSinkSettings,
+        metrics: Metrics,
+    ) -> Result<Self, crate::tls::TlsError> {
+        let tls = if settings.uri.expose_secret().starts_with("amqps://") {
+            let tls_settings = settings.tls.clone().unwrap_or_default();
+            Some(ClientTls::new(&tls_settings, &crate::tls::RABBITMQ_KEYS)?)
+        } else {
+            None
+        };
         let inner = Arc::new(Inner {
             settings: settings.clone(),
             routing_key: Template::parse(&settings.routing_key).expect("validated at load"),
+            tls,
             link: tokio::sync::Mutex::new(None),
             up: AtomicBool::new(false),
+            reported_down: AtomicBool::new(false),
             publishing_since: parking_lot::Mutex::new(None),
             metrics,
         });
         let probe = tokio::spawn(probe(inner.clone(), settings.health_interval));
-        Self {
+        Ok(Self {
             inner,
             probe: parking_lot::Mutex::new(Some(probe)),
-        }
+        })
     }
 }
 
@@ -141,7 +159,13 @@ impl Inner {
                 Ok(link.insert(fresh))
             }
             Ok(Err(e)) => {
-                self.set_up(false, "RabbitMQ unreachable");
+                // The reason matters here: a TLS failure (a CA not trusted, a refused client
+                // certificate) is a configuration error to fix, not an outage to wait out.
+                let was_up = self.up.swap(false, Ordering::Relaxed);
+                let reported = self.reported_down.swap(true, Ordering::Relaxed);
+                if was_up || !reported {
+                    tracing::warn!(sink = "rabbitmq", error = %e, "RabbitMQ unreachable");
+                }
                 Err(SinkError::Unavailable(e.to_string()))
             }
             Err(_) => {
@@ -155,7 +179,37 @@ impl Inner {
 
     async fn connect(&self) -> Result<Link, lapin::Error> {
         let uri = self.settings.uri.expose_secret();
-        let connection = Connection::connect(uri, ConnectionProperties::default()).await?;
+        let connection = match &self.tls {
+            None => Connection::connect(uri, ConnectionProperties::default()).await?,
+            Some(tls) => {
+                // Validated at load; the parser's message is not repeated (it may quote the URI).
+                let uri: AMQPUri = uri.parse().map_err(|_| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        "sinks.rabbitmq.uri is not a valid AMQP URI",
+                    )
+                })?;
+                let tls = tls.clone();
+                Connection::connector(
+                    uri,
+                    lapin::runtime::default_runtime()?,
+                    async move |uri: AMQPUri, runtime| {
+                        // TCP as for amqp://, then the handshake with the gateway's own TLS
+                        // configuration ([sinks.rabbitmq.tls]).
+                        let name = tls.server_name_text(&uri.authority.host);
+                        let mut plain = uri;
+                        plain.scheme = AMQPScheme::AMQP;
+                        let stream = plain
+                            .connect_with_config_async(TLSConfig::default(), &runtime)
+                            .await?;
+                        let connector = RustlsConnector::from(tls.config());
+                        Ok(stream.into_rustls(&connector, &name).await?)
+                    },
+                    ConnectionProperties::default(),
+                )
+                .await?
+            }
+        };
         let channel = connection.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
@@ -180,6 +234,9 @@ impl Inner {
     }
 
     fn set_up(&self, up: bool, message: &'static str) {
+        if up {
+            self.reported_down.store(false, Ordering::Relaxed);
+        }
         if self.up.swap(up, Ordering::Relaxed) != up {
             if up {
                 tracing::info!(sink = "rabbitmq", "{message}");

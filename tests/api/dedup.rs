@@ -237,6 +237,7 @@ pub async fn redis_at(url: &str) -> RedisDedup {
         timeout: Duration::from_millis(500),
         allow_eviction: false,
         max_lease: LEASE,
+        tls: None,
     })
     .await
     .unwrap()

@@ -38,6 +38,7 @@ pub fn test_settings(dir: &Path) -> Settings {
         },
         admin: dataloy_gateway::config::AdminSettings {
             bind: "127.0.0.1:0".into(),
+            ..Default::default()
         },
         spool: SpoolSettings {
             dir: dir.join("spool"),

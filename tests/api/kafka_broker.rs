@@ -101,14 +101,23 @@ pub struct OwnBroker {
     child: Option<Child>,
     pub port: u16,
     data_dir: std::path::PathBuf,
+    /// The address clients are told to use, when not the listener's own (e.g. a TLS front).
+    advertised: Option<String>,
 }
 
 impl OwnBroker {
     pub fn start(data_dir: &Path) -> OwnBroker {
+        Self::start_advertising(data_dir, None)
+    }
+
+    /// Started telling clients to connect to `advertised` (`tcp://host:port`) instead of its
+    /// own listener: a TLS front's address.
+    pub fn start_advertising(data_dir: &Path, advertised: Option<String>) -> OwnBroker {
         let mut broker = OwnBroker {
             child: None,
             port: crate::helpers::free_port(),
             data_dir: data_dir.to_owned(),
+            advertised,
         };
         broker.restart();
         broker
@@ -141,6 +150,7 @@ impl OwnBroker {
     pub fn restart(&mut self) {
         self.stop();
         let url = format!("tcp://127.0.0.1:{}", self.port);
+        let advertised = self.advertised.clone().unwrap_or_else(|| url.clone());
         let tansu = std::env::var("TANSU_BIN").unwrap_or_else(|_| "tansu".into());
         let child = Command::new(tansu)
             .args([
@@ -148,7 +158,7 @@ impl OwnBroker {
                 "--listener-url",
                 &url,
                 "--advertised-listener-url",
-                &url,
+                &advertised,
             ])
             .args(["--storage-engine", "memory://tansu/"])
             .stdout(Stdio::null())

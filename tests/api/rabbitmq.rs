@@ -351,7 +351,7 @@ async fn a_refusal_in_the_middle_of_a_batch_reports_what_came_after_it_so_nothin
     // Arrange: PortCall bound, BunkerOrderLine not.
     let exchange = unique("x-mid");
     let port_calls = bind_queue(&exchange, "PortCall.*").await;
-    let sink = RabbitMqSink::new(&rabbitmq_settings(&exchange), Metrics::new());
+    let sink = RabbitMqSink::new(&rabbitmq_settings(&exchange), Metrics::new()).unwrap();
     let notification = |body: Vec<u8>| {
         let body = Bytes::from(body);
         Notification::new(Envelope::parse(&body).unwrap(), body)
