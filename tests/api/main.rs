@@ -20,6 +20,7 @@ mod hung_broker;
 mod kafka;
 mod kafka_broker;
 mod kafka_publish;
+mod openapi;
 mod rabbitmq;
 mod rabbitmq_broker;
 mod redis_faults;
