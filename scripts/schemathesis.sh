@@ -80,7 +80,7 @@ echo "schemathesis $version: ${SCHEMATHESIS_MAX_TIME}s, seed $SCHEMATHESIS_SEED 
 report_dir=${SCHEMATHESIS_REPORT_DIR:-$work/report}
 schemathesis() {
   DATALOY_GATEWAY_PORT=$port DATALOY_GATEWAY_ADMIN_PORT=$admin_port DATALOY_GATEWAY_TOKEN=$token \
-    "$venv/bin/schemathesis" --config-file scripts/schemathesis.toml run --no-color \
+    SCHEMATHESIS_CACHE_DIR="$tools/cache" "$venv/bin/schemathesis" --config-file scripts/schemathesis.toml run --no-color \
     --seed "$SCHEMATHESIS_SEED" --report junit --report-dir "$report_dir" \
     "http://127.0.0.1:$admin_port/openapi.yaml" "$@"
 }
