@@ -57,7 +57,7 @@ impl EnvelopeContract {
                 let limit = value
                     .as_u64()
                     .ok_or_else(|| ValidationError::schema("x-maxUtf8Bytes is a count"))?;
-                Ok(Box::new(MaxUtf8Bytes(limit as usize)) as Box<dyn for<'i> Keyword<'i>>)
+                Ok(Box::new(MaxUtf8Bytes(limit as usize)) as Box<dyn Keyword>)
             })
             .with_keyword("x-integerLiteral", |_, _, _| Ok(Box::new(IntegerLiteral)))
             .build(envelope)
@@ -119,8 +119,8 @@ impl EnvelopeContract {
 /// `x-maxUtf8Bytes`: a string is at most this many bytes in UTF-8.
 struct MaxUtf8Bytes(usize);
 
-impl<'i> Keyword<'i> for MaxUtf8Bytes {
-    fn validate(&self, instance: &'i Value) -> Result<(), ValidationError<'i>> {
+impl Keyword for MaxUtf8Bytes {
+    fn validate<'i>(&self, instance: &'i Value) -> Result<(), ValidationError<'i>> {
         if self.is_valid(instance) {
             Ok(())
         } else {
@@ -131,7 +131,7 @@ impl<'i> Keyword<'i> for MaxUtf8Bytes {
         }
     }
 
-    fn is_valid(&self, instance: &'i Value) -> bool {
+    fn is_valid(&self, instance: &Value) -> bool {
         instance.as_str().is_none_or(|s| s.len() <= self.0)
     }
 }
@@ -140,8 +140,8 @@ impl<'i> Keyword<'i> for MaxUtf8Bytes {
 /// those, and only those, as integers).
 struct IntegerLiteral;
 
-impl<'i> Keyword<'i> for IntegerLiteral {
-    fn validate(&self, instance: &'i Value) -> Result<(), ValidationError<'i>> {
+impl Keyword for IntegerLiteral {
+    fn validate<'i>(&self, instance: &'i Value) -> Result<(), ValidationError<'i>> {
         if self.is_valid(instance) {
             Ok(())
         } else {
@@ -149,7 +149,7 @@ impl<'i> Keyword<'i> for IntegerLiteral {
         }
     }
 
-    fn is_valid(&self, instance: &'i Value) -> bool {
+    fn is_valid(&self, instance: &Value) -> bool {
         !instance.is_number() || instance.is_i64() || instance.is_u64()
     }
 }
