@@ -17,5 +17,8 @@ source scripts/services.sh
 echo "== tests"
 cargo test
 
+echo "== the OpenAPI contract, attacked by Schemathesis against the real binary"
+./scripts/schemathesis.sh
+
 echo "== fuzzing, a short bounded pass (docs/fuzzing.md)"
 ./scripts/fuzz.sh --short

@@ -6,7 +6,8 @@
 //! - [`config`]: typed settings, layered (defaults, TOML file, environment), validated at start.
 //! - [`startup`]: `Application::build` wires everything and binds the listeners.
 //! - [`descriptors`]: fits the connection bound under the open-file limit.
-//! - [`routes`]: the notification route and the admin routes (health, metrics).
+//! - [`routes`]: the notification route and the admin routes (health, metrics, the OpenAPI
+//!   document `openapi/dataloy-gateway.yaml`), each listener's list in one place.
 //! - [`ingest`]: the path every source shares: envelope, dedup claim, spool, commit.
 //! - [`envelope`]: parses and validates the envelope without building `resource`.
 //! - [`dedup`]: claim / commit / release by id, behind a trait.

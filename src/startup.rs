@@ -29,7 +29,7 @@ use crate::id_journal;
 use crate::ingest::{Durability, Ingest};
 use crate::metrics::Metrics;
 use crate::relay::Relay;
-use crate::routes::{error, health, metrics, webhook};
+use crate::routes::{self, metrics, webhook};
 use crate::sink::{self, Sink};
 use crate::spool::{Spool, SpoolOptions};
 use crate::subscriptions;
@@ -241,8 +241,7 @@ impl Application {
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(webhook_state.clone())
-                .route("/webhooks/dataloy", web::post().to(webhook::receive))
-                .default_service(web::to(webhook::unknown_route))
+                .configure(routes::notification_listener)
         })
         .workers(workers)
         .max_connections(connections_per_worker)
@@ -272,10 +271,7 @@ impl Application {
         let admin = HttpServer::new(move || {
             App::new()
                 .app_data(admin_state.clone())
-                .route("/metrics", web::get().to(metrics::render))
-                .route("/health/live", web::get().to(health::live))
-                .route("/health/ready", web::get().to(health::ready))
-                .default_service(web::to(error::not_found))
+                .configure(routes::admin_listener)
         })
         .workers(1)
         .max_connections(descriptors::ADMIN_MAX_CONNECTIONS)

@@ -202,6 +202,22 @@ pub async fn unknown_route(
     Ok(super::error::not_found().await)
 }
 
+/// `/webhooks/dataloy` asked with another method than POST: 405 with `Allow: POST`, once the
+/// credentials are checked (as for any other request on this listener).
+pub async fn method_not_allowed(
+    request: HttpRequest,
+    state: web::Data<WebhookState>,
+) -> Result<HttpResponse, WebhookError> {
+    if !state.auth.verify(request.headers()) {
+        return Err(WebhookError::Unauthorized {
+            challenge: state.auth.challenge(),
+        });
+    }
+    Ok(super::error::method_not_allowed(
+        &super::Endpoint::Webhook.method(),
+    ))
+}
+
 /// Checks credentials and headers, then reads the body within the byte budget; returns it with
 /// the budget it holds (released when the request is done).
 async fn check_and_read(

@@ -21,6 +21,7 @@ mod id_journal_damage;
 mod kafka;
 mod kafka_broker;
 mod kafka_publish;
+mod openapi;
 mod rabbitmq;
 mod rabbitmq_broker;
 mod redis_faults;

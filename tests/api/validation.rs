@@ -30,10 +30,12 @@ fn without(field: &str) -> Vec<u8> {
     serde_json::to_vec(&body).unwrap()
 }
 
-#[tokio::test]
-async fn every_violation_gets_400_with_its_code_and_field() {
-    let app = spawn_app().await;
-    let cases: Vec<(&str, Vec<u8>, &str, Option<&str>)> = vec![
+/// One broken rule: its name, the body, the error code and the field the answer names.
+pub type Violation = (&'static str, Vec<u8>, &'static str, Option<&'static str>);
+
+/// Every envelope rule broken once (also judged by the OpenAPI document: `openapi.rs`).
+pub fn violations() -> Vec<Violation> {
+    vec![
         ("truncated JSON", br#"{"id":"x","#.to_vec(), "invalid_json", None),
         ("empty body", Vec::new(), "invalid_json", None),
         ("invalid UTF-8", b"{\"id\":\"\xff\xfe\"}".to_vec(), "invalid_json", None),
@@ -70,7 +72,13 @@ async fn every_violation_gets_400_with_its_code_and_field() {
         ("subscription array", with("subscription", json!([1])), "invalid_field", Some("subscription")),
         ("resource string", with("resource", json!("r")), "invalid_field", Some("resource")),
         ("resource array", with("resource", json!([])), "invalid_field", Some("resource")),
-    ];
+    ]
+}
+
+#[tokio::test]
+async fn every_violation_gets_400_with_its_code_and_field() {
+    let app = spawn_app().await;
+    let cases = violations();
 
     for (name, body, code, field) in cases {
         let response = app.post(body).await;
@@ -160,10 +168,9 @@ async fn json_consumers_cannot_read_gets_400_naming_the_problem() {
     );
 }
 
-#[tokio::test]
-async fn accepted_variants_of_the_rules() {
-    let app = spawn_app().await;
-    let cases: Vec<(&str, Vec<u8>)> = vec![
+/// Bodies that bend a rule as far as it goes and are accepted.
+pub fn accepted_variants() -> Vec<(&'static str, Vec<u8>)> {
+    vec![
         (
             "fractional seconds",
             with("eventTime", json!("2016-09-14T13:37:26.123")),
@@ -184,7 +191,13 @@ async fn accepted_variants_of_the_rules() {
         ),
         ("id of 128 chars", with("id", json!("y".repeat(128)))),
         ("negative object key", with("dataloyObject", json!(-5))),
-    ];
+    ]
+}
+
+#[tokio::test]
+async fn accepted_variants_of_the_rules() {
+    let app = spawn_app().await;
+    let cases = accepted_variants();
 
     for (i, (name, body)) in cases.iter().enumerate() {
         let mut value: Value = serde_json::from_slice(body).unwrap();

@@ -265,7 +265,10 @@ async fn other_methods_and_paths_get_json_errors() {
         .await
         .unwrap();
 
-    assert_eq!(get.status(), 404);
+    assert_eq!(get.status(), 405);
+    assert_eq!(get.headers()["allow"], "POST");
+    let body: Value = get.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "method_not_allowed");
     assert_eq!(unknown.status(), 404);
     assert_eq!(metrics_on_public_listener.status(), 404);
     let body: Value = unknown.json().await.unwrap();
