@@ -12,10 +12,14 @@ use serde::Deserialize;
 
 use crate::sink::template::Template;
 
+mod cloudevents;
 mod dataloy;
 mod log;
+mod traces;
+pub use cloudevents::{parse_time_zone, CloudEventsSettings, MAX_ATTRIBUTE_LEN};
 pub use dataloy::{DataloySettings, ExtraMembers, SubscriptionSettings, MANAGED_MEMBERS};
 pub use log::{LogFormat, LogSettings};
+pub use traces::{OtlpSettings, TracingSettings};
 
 /// Prefix of environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "DATALOY_GATEWAY";
@@ -122,6 +126,9 @@ pub struct Settings {
     pub sources: SourcesSettings,
     #[serde(default)]
     pub log: LogSettings,
+    /// OpenTelemetry spans and their export (off unless `[tracing.otlp]` is present).
+    #[serde(default)]
+    pub tracing: TracingSettings,
     /// How to reach Dataloy's REST API (for the subscription keeper and its commands).
     pub dataloy: Option<DataloySettings>,
     /// Webhook subscriptions the gateway keeps alive in Dataloy: `[subscriptions.NAME]`.
@@ -470,6 +477,8 @@ pub struct RabbitMqSinkSettings {
     pub confirm_timeout: Duration,
     /// What to do with a notification no queue is bound for (returned by the broker).
     pub unroutable: UnroutablePolicy,
+    /// CloudEvents binary mode (`cloudEvents_*` headers); off unless the table is present.
+    pub cloudevents: Option<CloudEventsSettings>,
 }
 
 /// `sinks.rabbitmq.unroutable`.
@@ -497,6 +506,7 @@ impl Default for RabbitMqSinkSettings {
             connect_timeout: Duration::from_secs(10),
             confirm_timeout: Duration::from_secs(30),
             unroutable: UnroutablePolicy::default(),
+            cloudevents: None,
         }
     }
 }
@@ -551,6 +561,8 @@ pub struct KafkaSinkSettings {
     /// Any other librdkafka property (`security.protocol`, `sasl.mechanism`, `ssl.ca.location`…).
     /// Values may be secrets (`sasl.password`): they are never logged or printed.
     pub properties: BTreeMap<String, SecretString>,
+    /// CloudEvents binary mode (`ce_*` headers); off unless the table is present.
+    pub cloudevents: Option<CloudEventsSettings>,
 }
 
 impl Default for KafkaSinkSettings {
@@ -566,6 +578,7 @@ impl Default for KafkaSinkSettings {
             health_interval: Duration::from_secs(5),
             missing_topic_grace: Duration::from_secs(300),
             properties: BTreeMap::new(),
+            cloudevents: None,
         }
     }
 }
@@ -863,6 +876,7 @@ impl Settings {
         }
         dataloy::validate(self.dataloy.as_ref(), &self.subscriptions)?;
         self.log.validate()?;
+        self.tracing.validate()?;
         if !self.sinks.any() {
             return Err(invalid(
                 "sinks",
@@ -943,7 +957,7 @@ fn validate_kafka(kafka: &KafkaSinkSettings, max_body_bytes: u64) -> Result<(), 
         return Err(invalid(
             "sinks.kafka.topic",
             "may contain only letters, digits, '.', '_', '-' and the placeholders \
-             {objectType}, {eventType}, {dataloyObject}, {subscriptionKey}",
+             {objectType}, {eventType}, {dataloyObject}, {subscriptionKey}, {action}",
         ));
     }
     Template::parse(&kafka.key).map_err(|e| invalid("sinks.kafka.key", e.to_string()))?;
@@ -991,6 +1005,9 @@ fn validate_kafka(kafka: &KafkaSinkSettings, max_body_bytes: u64) -> Result<(), 
             "must be at most 24h: past it the notifications go to dead letters",
         ));
     }
+    if let Some(cloudevents) = &kafka.cloudevents {
+        cloudevents.validate(&cloudevents::KAFKA_KEYS)?;
+    }
     Ok(())
 }
 
@@ -1028,6 +1045,9 @@ fn validate_rabbitmq(rabbitmq: &RabbitMqSinkSettings) -> Result<(), ConfigError>
         if value.is_zero() {
             return Err(invalid(key, "must be greater than 0"));
         }
+    }
+    if let Some(cloudevents) = &rabbitmq.cloudevents {
+        cloudevents.validate(&cloudevents::RABBITMQ_KEYS)?;
     }
     Ok(())
 }

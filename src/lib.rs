@@ -19,7 +19,8 @@
 //!   declared ones, through [`dataloy`], the REST client (token, `WebhookSubscription`).
 //! - [`cli`]: the command line (the server, and subcommands: `subscriptions plan`,
 //!   `dead-letters replay`, `spool status`, …).
-//! - [`metrics`], [`telemetry`]: Prometheus metrics and structured logs.
+//! - [`trace_context`]: W3C `traceparent`/`tracestate`, carried from the request to the queues.
+//! - [`metrics`], [`telemetry`]: Prometheus metrics, structured logs and OpenTelemetry spans.
 //! - `fuzzing` (hidden): the invariants the fuzz targets in `fuzz/` check, replayed by `cargo test`.
 
 pub mod auth;
@@ -42,4 +43,5 @@ pub mod spool;
 pub mod startup;
 pub mod subscriptions;
 pub mod telemetry;
+pub mod trace_context;
 pub mod websocket;

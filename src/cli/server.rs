@@ -1,4 +1,5 @@
 //! No subcommand: run the gateway until SIGTERM/SIGINT; SIGHUP reloads `log.level` (`hangup`).
+//! With `[tracing.otlp]`, spans are exported while it runs and flushed (bounded) when it stops.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,8 +9,30 @@ use crate::config::Settings;
 use crate::startup::Application;
 use crate::telemetry;
 
+/// How long the spans still queued at the end may take to reach the collector.
+#[cfg(feature = "otlp")]
+const SPAN_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub async fn run(settings: Settings, config: Option<PathBuf>) -> ExitCode {
-    let log = telemetry::init(&settings.log);
+    #[cfg(feature = "otlp")]
+    let (log, export) = match telemetry::otel::init_server(&settings.log, &settings.tracing) {
+        Ok(installed) => installed,
+        Err(e) => {
+            eprintln!("dataloy-gateway: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    #[cfg(not(feature = "otlp"))]
+    let log = {
+        if settings.tracing.otlp.is_some() {
+            eprintln!(
+                "dataloy-gateway: tracing.otlp is configured but this build has no OTLP export \
+                 (built without the `otlp` feature)"
+            );
+            return ExitCode::from(EXIT_FAILED);
+        }
+        telemetry::init(&settings.log)
+    };
     if let Err(e) = hangup::handle(config, log) {
         tracing::warn!(error = %e, "cannot handle SIGHUP; it will end the process");
     }
@@ -20,6 +43,10 @@ pub async fn run(settings: Settings, config: Option<PathBuf>) -> ExitCode {
             .await
     }
     .await;
+    #[cfg(feature = "otlp")]
+    if let Some(export) = export {
+        let _ = tokio::task::spawn_blocking(move || export.shutdown(SPAN_FLUSH_TIMEOUT)).await;
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -2,6 +2,7 @@
 //! a process to kill.
 
 mod admin;
+mod cloudevents;
 mod codec_properties;
 mod config;
 mod crash;
@@ -35,6 +36,7 @@ mod stall_proxy;
 mod subscription_loop;
 mod subscriptions;
 mod subscriptions_cli;
+mod trace_context;
 mod validation;
 mod webhook;
 mod websocket;
