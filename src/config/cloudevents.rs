@@ -168,9 +168,11 @@ mod tests {
         );
     }
 
+    type Change = Box<dyn FnOnce(&mut CloudEventsSettings)>;
+
     #[test]
     fn each_mistake_names_its_key() {
-        let cases: [(&str, Box<dyn FnOnce(&mut CloudEventsSettings)>); 8] = [
+        let cases: [(&str, Change); 8] = [
             ("source", Box::new(|s| s.source = Some(String::new()))),
             ("source", Box::new(|s| s.source = Some("a b".into()))),
             ("source", Box::new(|s| s.source = Some("x".repeat(256)))),

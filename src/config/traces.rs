@@ -128,9 +128,11 @@ mod tests {
         assert_eq!(check(|_| {}), Ok(()));
     }
 
+    type Change = Box<dyn FnOnce(&mut TracingSettings)>;
+
     #[test]
     fn each_mistake_names_its_key() {
-        let cases: [(&str, Box<dyn FnOnce(&mut TracingSettings)>); 7] = [
+        let cases: [(&str, Change); 7] = [
             (
                 "tracing.service_name",
                 Box::new(|s| s.service_name = " ".into()),

@@ -67,8 +67,11 @@ struct Delivered {
     rabbitmq: Vec<BasicGetMessage>,
 }
 
+/// A body and the headers it is posted with.
+type Post<'a> = (Vec<u8>, Vec<(&'a str, &'a str)>);
+
 /// Posts each `(body, headers)` to a gateway with both sinks and returns the messages, in order.
-async fn through_both(posts: Vec<(Vec<u8>, Vec<(&str, &str)>)>) -> Delivered {
+async fn through_both(posts: Vec<Post<'_>>) -> Delivered {
     let prefix = unique("trace");
     create_topic(&brokers(), &prefix, 1).await;
     let exchange = unique("x-trace");
