@@ -550,7 +550,10 @@ mod tests {
             other => panic!("{name}: {other:?}"),
         };
         assert_eq!(value("cloudEvents_type").len(), 255);
-        assert_eq!(value("cloudEvents_source").len(), 255);
+        assert_eq!(
+            value("cloudEvents_source").len(),
+            crate::config::MAX_ATTRIBUTE_LEN
+        );
         assert_eq!(value("cloudEvents_tracestate"), value("tracestate"));
 
         let (encoded, _) = cookie_factory::gen(
