@@ -85,8 +85,8 @@ fn the_record_seeds_with_optional_fields_decode() {
     ] {
         let data = std::fs::read(dir.join(name)).unwrap();
         let generation = u64::from_le_bytes(data[1 + 16..1 + 24].try_into().unwrap());
-        let (decoded, _) = record::decode(&data[1..], generation)
-            .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        let (decoded, _) =
+            record::decode(&data[1..], generation).unwrap_or_else(|e| panic!("{name}: {e:?}"));
         let notification = decoded.notification;
         assert_eq!(notification.trace.is_some(), traced, "{name}");
         assert_eq!(notification.envelope.origin.is_some(), origin, "{name}");
