@@ -12,12 +12,16 @@ use serde::Deserialize;
 
 use crate::sink::template::Template;
 
+mod cloudevents;
 mod dataloy;
 mod log;
 mod tls;
+mod traces;
+pub use cloudevents::{parse_time_zone, CloudEventsSettings, MAX_ATTRIBUTE_LEN};
 pub use dataloy::{DataloySettings, ExtraMembers, SubscriptionSettings, MANAGED_MEMBERS};
 pub use log::{LogFormat, LogSettings};
 pub use tls::{ListenerTlsSettings, TlsSettings};
+pub use traces::{OtlpSettings, TracingSettings};
 
 /// Prefix of environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "DATALOY_GATEWAY";
@@ -124,6 +128,9 @@ pub struct Settings {
     pub sources: SourcesSettings,
     #[serde(default)]
     pub log: LogSettings,
+    /// OpenTelemetry spans and their export (off unless `[tracing.otlp]` is present).
+    #[serde(default)]
+    pub tracing: TracingSettings,
     /// How to reach Dataloy's REST API (for the subscription keeper and its commands).
     pub dataloy: Option<DataloySettings>,
     /// Webhook subscriptions the gateway keeps alive in Dataloy: `[subscriptions.NAME]`.
@@ -499,6 +506,8 @@ pub struct RabbitMqSinkSettings {
     pub unroutable: UnroutablePolicy,
     /// Whom to trust and what to present on an `amqps://` URI.
     pub tls: Option<TlsSettings>,
+    /// CloudEvents binary mode (`cloudEvents_*` headers); off unless the table is present.
+    pub cloudevents: Option<CloudEventsSettings>,
 }
 
 /// `sinks.rabbitmq.unroutable`.
@@ -527,6 +536,7 @@ impl Default for RabbitMqSinkSettings {
             confirm_timeout: Duration::from_secs(30),
             unroutable: UnroutablePolicy::default(),
             tls: None,
+            cloudevents: None,
         }
     }
 }
@@ -581,6 +591,8 @@ pub struct KafkaSinkSettings {
     /// Any other librdkafka property (`security.protocol`, `sasl.mechanism`, `ssl.ca.location`…).
     /// Values may be secrets (`sasl.password`): they are never logged or printed.
     pub properties: BTreeMap<String, SecretString>,
+    /// CloudEvents binary mode (`ce_*` headers); off unless the table is present.
+    pub cloudevents: Option<CloudEventsSettings>,
 }
 
 impl Default for KafkaSinkSettings {
@@ -596,6 +608,7 @@ impl Default for KafkaSinkSettings {
             health_interval: Duration::from_secs(5),
             missing_topic_grace: Duration::from_secs(300),
             properties: BTreeMap::new(),
+            cloudevents: None,
         }
     }
 }
@@ -891,6 +904,7 @@ impl Settings {
         }
         dataloy::validate(self.dataloy.as_ref(), &self.subscriptions)?;
         self.log.validate()?;
+        self.tracing.validate()?;
         if !self.sinks.any() {
             return Err(invalid(
                 "sinks",
@@ -971,7 +985,7 @@ fn validate_kafka(kafka: &KafkaSinkSettings, max_body_bytes: u64) -> Result<(), 
         return Err(invalid(
             "sinks.kafka.topic",
             "may contain only letters, digits, '.', '_', '-' and the placeholders \
-             {objectType}, {eventType}, {dataloyObject}, {subscriptionKey}",
+             {objectType}, {eventType}, {dataloyObject}, {subscriptionKey}, {action}",
         ));
     }
     Template::parse(&kafka.key).map_err(|e| invalid("sinks.kafka.key", e.to_string()))?;
@@ -1018,6 +1032,9 @@ fn validate_kafka(kafka: &KafkaSinkSettings, max_body_bytes: u64) -> Result<(), 
             "sinks.kafka.missing_topic_grace",
             "must be at most 24h: past it the notifications go to dead letters",
         ));
+    }
+    if let Some(cloudevents) = &kafka.cloudevents {
+        cloudevents.validate(&cloudevents::KAFKA_KEYS)?;
     }
     Ok(())
 }
@@ -1088,6 +1105,9 @@ fn validate_rabbitmq(rabbitmq: &RabbitMqSinkSettings) -> Result<(), ConfigError>
         if value.is_zero() {
             return Err(invalid(key, "must be greater than 0"));
         }
+    }
+    if let Some(cloudevents) = &rabbitmq.cloudevents {
+        cloudevents.validate(&cloudevents::RABBITMQ_KEYS)?;
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! `resource` object. The body itself is never re-serialized: sinks relay the bytes as received.
 //! One pass over the body (`scan`) both validates it and finds the envelope's members.
 
+mod origin;
 mod scan;
 
 use std::borrow::Cow;
@@ -10,6 +11,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+pub use origin::{is_origin, MAX_ORIGIN_LEN};
 use scan::ScanError;
 
 /// Longest notification id we accept, in bytes of UTF-8; Dataloy ids look like
@@ -91,6 +93,10 @@ pub struct Envelope {
     pub dataloy_object: i64,
     /// `subscription.key`, absent for subscriptions that carry none.
     pub subscription_key: Option<i64>,
+    /// The Dataloy instance that sent it: `scheme://host[:port]` of `dataloyObjectSelf`, else of
+    /// `subscription.self` (CloudEvents' default `source`). Absent when neither is an http(s)
+    /// URL; never a reason to refuse the notification.
+    pub origin: Option<String>,
 }
 
 /// Why a body is not a Dataloy notification. Each variant maps to one stable error code.
@@ -143,6 +149,9 @@ struct RawEnvelope<'a> {
     resource: Option<&'a str>,
     /// Set when one of these members appears twice: the body is refused, as ambiguous.
     duplicated: bool,
+    /// `dataloyObjectSelf`, only for the origin: not validated, so a second copy makes it
+    /// ambiguous (`Some(None)`), not the body invalid.
+    object_self: Option<Option<&'a str>>,
 }
 
 impl<'a> RawEnvelope<'a> {
@@ -158,6 +167,13 @@ impl<'a> RawEnvelope<'a> {
             "dataloyObject" => &mut self.dataloy_object,
             "subscription" => &mut self.subscription,
             "resource" => &mut self.resource,
+            "dataloyObjectSelf" => {
+                self.object_self = Some(match self.object_self {
+                    None => Some(member.value),
+                    Some(_) => None,
+                });
+                return;
+            }
             _ => return,
         };
         self.duplicated |= slot.replace(member.value).is_some();
@@ -243,10 +259,20 @@ impl Envelope {
             return Err(not_an_object());
         }
         let (mut subscription_key, mut keys) = (None, 0);
+        let mut subscription_self = None;
         scan::scan(subscription, MAX_NESTING, |member| {
-            if member_name(member.raw_key).as_deref() == Some("key") {
-                subscription_key = serde_json::from_str::<i64>(member.value).ok();
-                keys += 1;
+            match member_name(member.raw_key).as_deref() {
+                Some("key") => {
+                    subscription_key = serde_json::from_str::<i64>(member.value).ok();
+                    keys += 1;
+                }
+                Some("self") => {
+                    subscription_self = Some(match subscription_self {
+                        None => Some(member.value),
+                        Some(_) => None,
+                    })
+                }
+                _ => {}
             }
         })
         .map_err(|_| not_an_object())?;
@@ -263,6 +289,9 @@ impl Envelope {
             }
         }
 
+        let origin = [raw.object_self, subscription_self]
+            .into_iter()
+            .find_map(|url| origin::of(url.flatten()?));
         Ok(Envelope {
             id,
             event_time,
@@ -270,6 +299,7 @@ impl Envelope {
             event_type,
             dataloy_object,
             subscription_key,
+            origin,
         })
     }
 }

@@ -27,6 +27,7 @@ use crate::metrics::{Metrics, Outcome, Source};
 use crate::notification::{unix_millis, Notification};
 use crate::sink::{PublishError, Sink, SinkError};
 use crate::spool::{Spool, SpoolError};
+use crate::trace_context::TraceContext;
 
 /// Where an accepted notification is made durable before it is acknowledged.
 pub enum Durability {
@@ -109,10 +110,16 @@ impl Ingest {
     }
 
     /// Takes a received body through the pipeline; records the outcome in logs and metrics.
-    pub async fn ingest(&self, body: Bytes, source: Source) -> Result<Accepted, IngestError> {
+    /// `trace` is the context its messages continue (kept in the spool with it).
+    pub async fn ingest(
+        &self,
+        body: Bytes,
+        source: Source,
+        trace: TraceContext,
+    ) -> Result<Accepted, IngestError> {
         let started = Instant::now();
         self.metrics.received(source);
-        let result = self.process(body, source).await;
+        let result = self.process(body, source, trace).await;
         self.record(source, &result, started);
         result
     }
@@ -144,7 +151,12 @@ impl Ingest {
             .request_finished(source, outcome, started.elapsed());
     }
 
-    async fn process(&self, body: Bytes, source: Source) -> Result<Accepted, IngestError> {
+    async fn process(
+        &self,
+        body: Bytes,
+        source: Source,
+        trace: TraceContext,
+    ) -> Result<Accepted, IngestError> {
         let envelope = Envelope::parse(&body)?;
         tracing::Span::current().record("notification_id", envelope.id.as_str());
         let id = envelope.id.clone();
@@ -152,7 +164,7 @@ impl Ingest {
             return Ok(Accepted::Duplicate(id));
         };
         let object_type = envelope.object_type.clone();
-        let durable = self.make_durable(Notification::new(envelope, body));
+        let durable = self.make_durable(Notification::new(envelope, body).with_trace(trace));
         if let Err(e) = self.renewing_claim(&id, token, durable).await {
             if let Err(release_error) = self.dedup.release(id.as_str(), token).await {
                 // The claim's lease expires by itself; until then a retry waits, then gets 503.

@@ -24,7 +24,8 @@
 //!   `dead-letters replay`, `spool status`, …).
 //! - [`tls`]: one TLS configuration shape for every client (CA, client certificate, server
 //!   name) and reloadable certificates for the listeners.
-//! - [`metrics`], [`telemetry`]: Prometheus metrics and structured logs.
+//! - [`trace_context`]: W3C `traceparent`/`tracestate`, carried from the request to the queues.
+//! - [`metrics`], [`telemetry`]: Prometheus metrics, structured logs and OpenTelemetry spans.
 //! - `fuzzing` (hidden): the invariants the fuzz targets in `fuzz/` check, replayed by `cargo test`.
 
 pub mod auth;
@@ -49,4 +50,5 @@ pub mod startup;
 pub mod subscriptions;
 pub mod telemetry;
 pub mod tls;
+pub mod trace_context;
 pub mod websocket;

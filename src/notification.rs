@@ -1,9 +1,10 @@
 //! A notification as it travels from receipt through the spool to the sinks: the parsed envelope
-//! for routing and labels, plus the body exactly as received.
+//! for routing and labels, the body exactly as received, and the trace it belongs to.
 
 use bytes::Bytes;
 
 use crate::envelope::Envelope;
+use crate::trace_context::TraceContext;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notification {
@@ -12,6 +13,10 @@ pub struct Notification {
     pub body: Bytes,
     /// When the gateway received it, in milliseconds since the Unix epoch.
     pub received_at_ms: u64,
+    /// The trace its messages continue: the one the request carried (or the gateway's span for
+    /// it, when spans are exported), or a new one. `None` only for notifications stored before
+    /// the gateway kept trace context.
+    pub trace: Option<TraceContext>,
 }
 
 impl Notification {
@@ -20,7 +25,13 @@ impl Notification {
             envelope,
             body,
             received_at_ms: unix_millis(),
+            trace: None,
         }
+    }
+
+    pub fn with_trace(mut self, trace: TraceContext) -> Self {
+        self.trace = Some(trace);
+        self
     }
 }
 

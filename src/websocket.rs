@@ -30,6 +30,8 @@ use crate::config::WebSocketSourceSettings;
 use crate::ingest::{Accepted, Ingest, IngestError};
 use crate::metrics::{Metrics, Source};
 use crate::tls::{ClientTls, TlsError};
+use crate::telemetry::spans;
+use crate::trace_context::TraceContext;
 use read::{Batch, End, Socket};
 
 /// A session that lasted this long resets the reconnect backoff.
@@ -330,12 +332,26 @@ impl WebSocketSource {
             return Ok(());
         }
         self.metrics.websocket_batch(&self.name, bodies.len());
+        // Dataloy sends no trace context here: each message starts a trace (with a CONSUMER
+        // span while spans are exported, ended when the message is stored or given up).
+        let (message_spans, traces): (Vec<_>, Vec<_>) = bodies
+            .iter()
+            .map(|_| match spans::websocket_message(&self.name) {
+                Some((span, trace)) => (Some(span), trace),
+                None => (None, TraceContext::new_root()),
+            })
+            .unzip();
         let mut pending = bodies;
+        let mut pending_traces = &traces[..];
         let mut backoff = self.settings.reconnect_initial_backoff;
         loop {
-            let results = self.ingest.ingest_batch(pending, Source::WebSocket).await;
+            let results = self
+                .ingest
+                .ingest_batch(pending, pending_traces, Source::WebSocket)
+                .await;
+            let done = bodies.len() - pending.len();
             let mut settled = 0;
-            for result in &results {
+            for (index, result) in results.iter().enumerate() {
                 let label = match result {
                     Ok(Accepted::New(_)) => "accepted",
                     Ok(Accepted::Duplicate(_)) => "duplicate",
@@ -344,11 +360,18 @@ impl WebSocketSource {
                     Err(_) => "retried",
                 };
                 self.metrics.websocket_message(&self.name, label);
+                if let (Some(Some(span)), "invalid" | "refused") =
+                    (message_spans.get(done + index), label)
+                {
+                    spans::record_error(span, label);
+                }
                 if label != "retried" {
                     settled += 1;
                 }
             }
-            pending = &pending[settled.min(pending.len())..];
+            let settled = settled.min(pending.len());
+            pending = &pending[settled..];
+            pending_traces = &pending_traces[settled..];
             if pending.is_empty() {
                 return Ok(());
             }
@@ -358,6 +381,12 @@ impl WebSocketSource {
                 Some(deadline) => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {
+                        for span in message_spans[bodies.len() - pending.len()..]
+                            .iter()
+                            .flatten()
+                        {
+                            spans::record_error(span, "lost");
+                        }
                         return Err(Unstored(pending.len()));
                     }
                     backoff.min(left)

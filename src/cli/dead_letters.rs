@@ -271,6 +271,12 @@ fn show_text(shown: &[Shown]) -> String {
         let _ = writeln!(out, "first attempt:  {}", time_text(m.first_attempt_ms));
         let _ = writeln!(out, "last attempt:   {}", time_text(m.last_attempt_ms));
         let _ = writeln!(out, "attempts:       {}", m.attempts);
+        if let Some(traceparent) = &m.traceparent {
+            let _ = writeln!(out, "traceparent:    {traceparent}");
+        }
+        if let Some(tracestate) = &m.tracestate {
+            let _ = writeln!(out, "tracestate:     {tracestate}");
+        }
         let _ = writeln!(out, "body:           {} bytes", m.body_bytes);
         let _ = match &s.body {
             Body::Json(raw) => writeln!(out, "{}", raw.get()),
@@ -487,6 +493,7 @@ async fn replay_to_sink(
                 envelope,
                 body: entry.body.clone(),
                 received_at_ms: entry.meta.received_at_ms,
+                trace: entry.meta.trace(),
             },
             Err(e) => {
                 outcomes.push(

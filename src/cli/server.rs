@@ -1,5 +1,6 @@
 //! No subcommand: run the gateway until SIGTERM/SIGINT; SIGHUP reloads `log.level` and the TLS
 //! listeners' certificates (`hangup`).
+//! With `[tracing.otlp]`, spans are exported while it runs and flushed (bounded) when it stops.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,8 +10,30 @@ use crate::config::Settings;
 use crate::startup::Application;
 use crate::telemetry;
 
+/// How long the spans still queued at the end may take to reach the collector.
+#[cfg(feature = "otlp")]
+const SPAN_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub async fn run(settings: Settings, config: Option<PathBuf>) -> ExitCode {
-    let log = telemetry::init(&settings.log);
+    #[cfg(feature = "otlp")]
+    let (log, export) = match telemetry::otel::init_server(&settings.log, &settings.tracing) {
+        Ok(installed) => installed,
+        Err(e) => {
+            eprintln!("dataloy-gateway: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    #[cfg(not(feature = "otlp"))]
+    let log = {
+        if settings.tracing.otlp.is_some() {
+            eprintln!(
+                "dataloy-gateway: tracing.otlp is configured but this build has no OTLP export \
+                 (built without the `otlp` feature)"
+            );
+            return ExitCode::from(EXIT_FAILED);
+        }
+        telemetry::init(&settings.log)
+    };
     let certificates = hangup::Certificates::default();
     if let Err(e) = hangup::handle(config, log, certificates.clone()) {
         tracing::warn!(error = %e, "cannot handle SIGHUP; it will end the process");
@@ -21,6 +44,10 @@ pub async fn run(settings: Settings, config: Option<PathBuf>) -> ExitCode {
         app.run_until_stopped().await
     }
     .await;
+    #[cfg(feature = "otlp")]
+    if let Some(export) = export {
+        let _ = tokio::task::spawn_blocking(move || export.shutdown(SPAN_FLUSH_TIMEOUT)).await;
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Attempts, Reason};
 use crate::notification::Notification;
+use crate::trace_context::TraceContext;
 
 /// What is known about a dead letter besides its body.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -26,6 +27,12 @@ pub struct DeadLetterMeta {
     pub attempts: u32,
     pub body_bytes: u64,
     pub body_crc32: u32,
+    /// The notification's trace context, so a replay continues its trace (absent in entries
+    /// written before it was kept, and for notifications without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
 }
 
 impl DeadLetterMeta {
@@ -51,7 +58,19 @@ impl DeadLetterMeta {
             attempts: attempts.count,
             body_bytes: notification.body.len() as u64,
             body_crc32: crc32fast::hash(&notification.body),
+            traceparent: notification.trace.as_ref().map(TraceContext::traceparent),
+            tracestate: notification
+                .trace
+                .as_ref()
+                .map(|t| t.tracestate().to_owned())
+                .filter(|s| !s.is_empty()),
         }
+    }
+
+    /// The trace context the entry keeps; `None` when it has none, or none that is valid (the
+    /// metadata line has no checksum of its own: it is checked again like a request's header).
+    pub fn trace(&self) -> Option<TraceContext> {
+        TraceContext::from_stored(self.traceparent.as_deref(), self.tracestate.as_deref())
     }
 }
 

@@ -43,6 +43,22 @@ pub fn accepted(envelope: &Envelope, body: &[u8]) {
     if let Some(resource) = object.get("resource") {
         assert!(resource.is_object() || resource.is_null(), "resource");
     }
+    if let Some(origin) = &envelope.origin {
+        // The origin is one of the two URLs' (which one, and when a duplicated member makes it
+        // ambiguous, the unit tests hold), never anything else.
+        let origin_of = |url: Option<&serde_json::Value>| {
+            let url = url::Url::parse(url?.as_str()?).ok()?;
+            Some(url.origin().ascii_serialization())
+        };
+        let candidates = [
+            origin_of(object.get("dataloyObjectSelf")),
+            origin_of(subscription.get("self")),
+        ];
+        assert!(
+            candidates.contains(&Some(origin.clone())),
+            "origin {origin} is of neither URL"
+        );
+    }
     round_trip(&Notification::new(
         envelope.clone(),
         Bytes::copy_from_slice(body),

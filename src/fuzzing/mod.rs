@@ -8,15 +8,18 @@
 //! one `serde_json::Value` reads too (what consumers use), and it round-trips through the spool
 //! record and segment code byte for byte; encoders refuse what they cannot represent; damage in
 //! a spool directory is reported or quarantined, never a panic; a configuration error names its
-//! key (or its place in the TOML).
+//! key (or its place in the TOML); trace context headers keep only what the spool and the
+//! queues can carry.
 
 mod config;
 mod envelope;
 mod spool;
+mod trace;
 
 pub use config::config_load;
 pub use envelope::{accepted, envelope_parse, envelope_structured};
-pub use spool::{record_decode, segment_scan, spool_recovery};
+pub use spool::{record_decode, segment_scan, spool_recovery, trace_for};
+pub use trace::trace_context;
 
 /// A fuzz target's check, by the name of its target (and of its corpus directories).
 pub type Check = fn(&[u8]);
@@ -29,6 +32,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("segment_scan", segment_scan),
     ("spool_recovery", spool_recovery),
     ("config_load", config_load),
+    ("trace_context", trace_context),
 ];
 
 /// The check of the target named `name`.

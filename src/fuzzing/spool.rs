@@ -20,13 +20,36 @@ use crate::spool::record::{self, DecodeError, HEADER_LEN as RECORD_HEADER_LEN};
 use crate::spool::scan::{self, ScanReport};
 use crate::spool::segment::{self, HEADER_LEN, MAGIC};
 use crate::spool::{MissingCursor, Spool, SpoolOptions, SpoolReader, SpoolRecord};
+use crate::trace_context::{TraceContext, TraceParent, TraceState};
 
 const GENERATION: u64 = 0x5eed_0000_0000_0001;
 const SAMPLE: &[u8] = include_bytes!("../../tests/fixtures/bunker-order-updated.json");
 
 /// A notification round-trips through the record encoder and decoder and through a segment and
-/// its scan, byte for byte. The notification must be representable (its envelope was accepted).
+/// its scan, byte for byte, as it is and with a trace context. The notification must be
+/// representable (its envelope was accepted).
 pub fn round_trip(notification: &Notification) {
+    round_trip_as_is(notification);
+    let traced = notification
+        .clone()
+        .with_trace(trace_for(&notification.body));
+    round_trip_as_is(&traced);
+}
+
+/// A trace context that depends on `seed`: sampled or not, with a `tracestate` of up to the
+/// 512 bytes kept or none.
+pub fn trace_for(seed: &[u8]) -> TraceContext {
+    let hash = crc32fast::hash(seed);
+    let mut trace_id = [0x5a; 16];
+    trace_id[..4].copy_from_slice(&hash.to_le_bytes());
+    let members: Vec<String> = (0..hash % 40).map(|i| format!("k{i}=v{hash}")).collect();
+    TraceContext {
+        parent: TraceParent::new(trace_id, [0xa5; 8], (hash & 1) as u8).expect("non-zero ids"),
+        state: TraceState::from_headers([members.join(",").as_bytes()]),
+    }
+}
+
+fn round_trip_as_is(notification: &Notification) {
     let mut encoded = Vec::new();
     record::encode(41, GENERATION, notification, &mut encoded)
         .expect("an accepted notification is representable in a spool record");
@@ -173,7 +196,8 @@ fn build_segment(u: &mut Unstructured<'_>, first_seq: u64) -> arbitrary::Result<
     Ok((bytes, clean))
 }
 
-/// A notification for sequence number `seq`, its body padded to about `body_len` bytes.
+/// A notification for sequence number `seq`, its body padded to about `body_len` bytes; odd
+/// sequence numbers carry a trace context (the records of both forms).
 fn sample(seq: u64, body_len: usize) -> Notification {
     let text = std::str::from_utf8(SAMPLE).expect("UTF-8 fixture");
     let body = text.replacen("1573335-244070007", &format!("fuzz-{seq}"), 1);
@@ -187,10 +211,12 @@ fn sample(seq: u64, body_len: usize) -> Notification {
     };
     let body = Bytes::from(body);
     let envelope = Envelope::parse(&body).expect("the sample is a valid envelope");
+    let trace = (seq % 2 == 1).then(|| trace_for(&body));
     Notification {
         envelope,
         body,
         received_at_ms: 1_700_000_000_000 + seq,
+        trace,
     }
 }
 

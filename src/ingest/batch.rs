@@ -18,6 +18,7 @@ use crate::envelope::{Envelope, EnvelopeError};
 use crate::metrics::Source;
 use crate::notification::Notification;
 use crate::spool::SpoolError;
+use crate::trace_context::TraceContext;
 
 /// One body on its way through the batch.
 enum Step {
@@ -29,16 +30,19 @@ enum Step {
 }
 
 impl Ingest {
-    /// Takes `bodies` through the pipeline, in order, with one durable write for all of them.
-    /// Returns the outcomes of a prefix of `bodies` (each logged and counted as
-    /// [`Ingest::ingest`] does): it ends with the first that failed for a reason that may pass
-    /// (spool full, dedup unavailable…), or before a second copy of an id already in the batch.
-    /// The caller offers the bodies after the prefix again.
+    /// Takes `bodies` through the pipeline, in order, with one durable write for all of them;
+    /// `traces[i]` is the trace context of `bodies[i]`. Returns the outcomes of a prefix of
+    /// `bodies` (each logged and counted as [`Ingest::ingest`] does): it ends with the first
+    /// that failed for a reason that may pass (spool full, dedup unavailable…), or before a
+    /// second copy of an id already in the batch. The caller offers the bodies after the prefix
+    /// again.
     pub async fn ingest_batch(
         &self,
         bodies: &[Bytes],
+        traces: &[TraceContext],
         source: Source,
     ) -> Vec<Result<Accepted, IngestError>> {
+        assert_eq!(bodies.len(), traces.len(), "one trace context per body");
         let started = Instant::now();
         let mut steps = self.claim_all(bodies).await;
         // A claim that failed for now ends the batch: nothing after it may be stored before it.
@@ -47,11 +51,11 @@ impl Ingest {
         }
         let claimed = steps
             .iter()
-            .zip(bodies)
-            .filter_map(|(step, body)| match step {
-                Step::Claimed(envelope, _) => {
-                    Some(Notification::new(envelope.clone(), body.clone()))
-                }
+            .zip(bodies.iter().zip(traces))
+            .filter_map(|(step, (body, trace))| match step {
+                Step::Claimed(envelope, _) => Some(
+                    Notification::new(envelope.clone(), body.clone()).with_trace(trace.clone()),
+                ),
                 _ => None,
             })
             .collect();

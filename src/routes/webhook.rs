@@ -1,5 +1,9 @@
 //! `POST /webhooks/dataloy`: authenticates, bounds and reads the body, and hands it to the ingest
 //! pipeline. The answer is 200 only once the notification is durable (or a known duplicate).
+//! A W3C `traceparent` (with `tracestate`) on the request is the trace the notification's
+//! messages continue; without a valid one the gateway starts a new trace (an invalid header is
+//! ignored, never an error). While spans are exported, the request has a SERVER span, the
+//! caller's context its parent.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +20,8 @@ use super::error::json_error;
 use crate::auth::Authenticator;
 use crate::ingest::{Accepted, Ingest, IngestError};
 use crate::metrics::{Metrics, Source};
+use crate::telemetry::spans;
+use crate::trace_context::{TraceContext, TRACEPARENT, TRACESTATE};
 
 /// What the notification route needs, shared by all workers.
 pub struct WebhookState {
@@ -138,6 +144,35 @@ pub async fn receive(
     payload: web::Payload,
     state: web::Data<WebhookState>,
 ) -> Result<HttpResponse, WebhookError> {
+    let headers = request.headers();
+    let incoming = TraceContext::from_headers(
+        headers.get_all(TRACEPARENT).map(|v| v.as_bytes()),
+        headers.get_all(TRACESTATE).map(|v| v.as_bytes()),
+    );
+    let Some((span, trace)) = spans::webhook_request(incoming.as_ref()) else {
+        let trace = incoming.unwrap_or_else(TraceContext::new_root);
+        return handle(request, payload, state, trace, None).await;
+    };
+    let answer = handle(request, payload, state, trace, Some(span.clone()))
+        .instrument(span.clone())
+        .await;
+    let (status, reason) = match &answer {
+        Ok(response) => (response.status().as_u16(), None),
+        Err(e) => (e.status_code().as_u16(), Some(e.reason())),
+    };
+    spans::record_response(&span, status, reason);
+    answer
+}
+
+/// The request, its notification keeping `trace`; `server_span` is the request's span while
+/// spans are exported (the pipeline runs in it), else a plain one is made for the logs.
+async fn handle(
+    request: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<WebhookState>,
+    trace: TraceContext,
+    server_span: Option<tracing::Span>,
+) -> Result<HttpResponse, WebhookError> {
     let (body, _buffered) = match check_and_read(&request, payload, &state).await {
         Ok(read) => read,
         Err(e @ WebhookError::Overloaded { .. }) => {
@@ -159,18 +194,21 @@ pub async fn receive(
             retry_after_seconds: state.retry_after_seconds,
         });
     };
-    let span = tracing::info_span!(
-        "notification",
-        source = "webhook",
-        notification_id = tracing::field::Empty
-    );
+    let span = server_span.unwrap_or_else(|| {
+        tracing::info_span!(
+            "notification",
+            source = "webhook",
+            notification_id = tracing::field::Empty
+        )
+    });
     // Run the pipeline as its own task: if Dataloy hangs up mid-way, the claim is still
     // committed or released instead of being abandoned with the request.
     let ingest = state.ingest.clone();
-    let outcome =
-        tokio::spawn(async move { ingest.ingest(body, Source::Webhook).await }.instrument(span))
-            .await
-            .expect("ingest task panicked");
+    let outcome = tokio::spawn(
+        async move { ingest.ingest(body, Source::Webhook, trace).await }.instrument(span),
+    )
+    .await
+    .expect("ingest task panicked");
     match outcome {
         Ok(Accepted::New(id)) => Ok(HttpResponse::Ok().json(Answer {
             status: "accepted",

@@ -1,6 +1,8 @@
 //! The Kafka sink (rdkafka): an idempotent producer with `acks=all`, so a publish counts only on
 //! a successful delivery report and librdkafka's own retries neither reorder nor duplicate. Topic
 //! and key come from templates over the envelope; the value is the received body, unchanged.
+//! Headers: the `dataloy-*` ones, the trace context (`traceparent`, `tracestate`), and with
+//! `[sinks.kafka.cloudevents]` the CloudEvents binary-mode ones (`ce_*`, `content-type`).
 
 mod delivery;
 
@@ -17,11 +19,14 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, FutureProducer, Producer, ThreadedProducer};
 
 use self::delivery::{BatchReports, Failure, ReportCounter};
+use super::cloudevents::{self, CloudEvents};
 use super::template::Template;
 use super::{PublishError, Sink, SinkError};
 use crate::config::KafkaSinkSettings;
 use crate::dead_letter::Reason;
 use crate::notification::Notification;
+use crate::telemetry::spans;
+use crate::trace_context::{TraceContext, TRACEPARENT, TRACEPARENT_LEN, TRACESTATE};
 use secrecy::ExposeSecret;
 
 /// How long a metadata request of the health probe may take.
@@ -82,6 +87,7 @@ pub struct KafkaSink {
     up: Arc<AtomicBool>,
     probe: Mutex<Option<tokio::task::JoinHandle<()>>>,
     missing_topics: MissingTopics,
+    cloudevents: Option<CloudEvents>,
 }
 
 impl KafkaSink {
@@ -123,6 +129,7 @@ impl KafkaSink {
                 grace: settings.missing_topic_grace,
                 since: Mutex::new(HashMap::new()),
             },
+            cloudevents: CloudEvents::from_settings(&settings.cloudevents),
         })
     }
 }
@@ -220,9 +227,14 @@ async fn probe_broker(
     }
 }
 
-fn headers(notification: &Notification) -> OwnedHeaders {
+/// A message's headers: the `dataloy-*` ones, its trace context, and the CloudEvents ones.
+fn headers(
+    notification: &Notification,
+    trace: Option<&TraceContext>,
+    cloudevents: Option<&CloudEvents>,
+) -> OwnedHeaders {
     let env = &notification.envelope;
-    let mut headers = OwnedHeaders::new_with_capacity(5)
+    let mut headers = OwnedHeaders::new_with_capacity(16)
         .insert(Header {
             key: "dataloy-id",
             value: Some(env.id.as_str()),
@@ -245,7 +257,40 @@ fn headers(notification: &Notification) -> OwnedHeaders {
             value: Some(&key.to_string()),
         });
     }
-    headers
+    let mut rendered = [0u8; TRACEPARENT_LEN];
+    let traceparent = trace.map(|t| t.parent.render_into(&mut rendered));
+    let tracestate = trace.map(|t| t.tracestate()).filter(|s| !s.is_empty());
+    headers = with(headers, TRACEPARENT, traceparent);
+    headers = with(headers, TRACESTATE, tracestate);
+    let Some(cloudevents) = cloudevents else {
+        return headers;
+    };
+    let names = &cloudevents::KAFKA;
+    let attributes = cloudevents.attributes(env);
+    [
+        (names.specversion, Some(cloudevents::SPEC_VERSION)),
+        (names.id, Some(attributes.id)),
+        (names.source, Some(attributes.source)),
+        (names.event_type, Some(attributes.event_type.as_str())),
+        (names.time, attributes.time.as_deref()),
+        (names.subject, Some(attributes.subject.as_str())),
+        ("content-type", Some(cloudevents::CONTENT_TYPE)),
+        (names.traceparent, traceparent),
+        (names.tracestate, tracestate),
+    ]
+    .into_iter()
+    .fold(headers, |headers, (key, value)| with(headers, key, value))
+}
+
+/// `headers` with `key` added, when there is a value.
+fn with(headers: OwnedHeaders, key: &str, value: Option<&str>) -> OwnedHeaders {
+    match value {
+        Some(value) => headers.insert(Header {
+            key,
+            value: Some(value),
+        }),
+        None => headers,
+    }
 }
 
 /// Sorts a delivery failure: refused for good, or worth retrying. A missing topic is retried for
@@ -320,10 +365,26 @@ impl Sink for KafkaSink {
         for (index, notification) in batch.iter().enumerate() {
             let topic = self.topic.render(&notification.envelope);
             let key = self.key.render(&notification.envelope);
-            let mut record = BaseRecord::with_opaque_to(&topic, reports.expect(index))
+            // While spans are exported, the message carries its PRODUCER span's context; else
+            // the notification's own.
+            let produced = spans::publish(
+                &spans::Publish {
+                    system: "kafka",
+                    destination: &topic,
+                    key: &key,
+                    message_id: notification.envelope.id.as_str(),
+                },
+                notification.trace.as_ref(),
+            );
+            let (span, trace) = match &produced {
+                Some((span, trace)) => (Some(span.clone()), Some(trace)),
+                None => (None, notification.trace.as_ref()),
+            };
+            let headers = headers(notification, trace, self.cloudevents.as_ref());
+            let mut record = BaseRecord::with_opaque_to(&topic, reports.expect(index, span))
                 .payload(&notification.body[..])
                 .key(&key)
-                .headers(headers(notification))
+                .headers(headers)
                 .timestamp(notification.received_at_ms as i64);
             let enqueued = loop {
                 match producer.send(record) {

@@ -4,6 +4,7 @@
 //! says which notification failed and whether a retry can help: a transient one (broker away,
 //! timeout) is retried in order; a refusal for good goes to dead letters and the stream moves on.
 
+pub mod cloudevents;
 pub mod file;
 #[cfg(feature = "kafka")]
 pub mod kafka;

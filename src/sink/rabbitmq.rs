@@ -8,6 +8,12 @@
 //! never answers makes the sink down instead of hanging it; a publish pending longer than the
 //! confirm timeout makes it down whatever it waits on, and closing at shutdown gives up after
 //! its own bound. A probe reconnects eagerly so `sink_up` follows the broker.
+//!
+//! Headers: the `dataloy-*` ones, the trace context (`traceparent`, `tracestate`), and with
+//! `[sinks.rabbitmq.cloudevents]` the CloudEvents ones (`cloudEvents_*`; `content_type` is
+//! `application/json` always). All are long strings; their names are short strings the
+//! gateway chose, and their values are bounded where they enter, so the message's header frame
+//! stays under the 4096 bytes every broker accepts (tested in `tests::`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -23,6 +29,7 @@ use lapin::Confirmation;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use secrecy::ExposeSecret;
 
+use super::cloudevents::{self, CloudEvents};
 use super::template::Template;
 use super::{PublishError, Sink, SinkError};
 use crate::config::{RabbitMqExchangeKind, RabbitMqSinkSettings, UnroutablePolicy};
@@ -30,6 +37,8 @@ use crate::dead_letter::Reason;
 use crate::metrics::Metrics;
 use crate::notification::Notification;
 use crate::tls::ClientTls;
+use crate::telemetry::spans;
+use crate::trace_context::{TraceContext, TRACEPARENT, TRACEPARENT_LEN, TRACESTATE};
 
 /// Longest AMQP short string, in bytes.
 const SHORT_STRING_MAX: usize = 255;
@@ -68,6 +77,7 @@ struct Inner {
     /// When the publish in progress sent its first message; `None` between publishes.
     publishing_since: parking_lot::Mutex<Option<Instant>>,
     metrics: Metrics,
+    cloudevents: Option<CloudEvents>,
 }
 
 /// Marks a publish in progress for as long as it lives (also when the relay abandons it).
@@ -120,6 +130,7 @@ impl RabbitMqSink {
             reported_down: AtomicBool::new(false),
             publishing_since: parking_lot::Mutex::new(None),
             metrics,
+            cloudevents: CloudEvents::from_settings(&settings.cloudevents),
         });
         let probe = tokio::spawn(probe(inner.clone(), settings.health_interval));
         Ok(Self {
@@ -246,31 +257,21 @@ impl Inner {
         }
     }
 
-    fn properties(&self, notification: &Notification) -> Result<BasicProperties, SinkError> {
+    fn properties(
+        &self,
+        notification: &Notification,
+        trace: Option<&TraceContext>,
+    ) -> Result<BasicProperties, SinkError> {
         let env = &notification.envelope;
         let message_id = short_string("message_id (the notification id)", env.id.as_str())?;
         let kind = short_string("type (the object type)", &env.object_type)?;
-        let mut headers = FieldTable::default();
-        let mut put = |name: &str, value: String| {
-            headers.insert(
-                ShortString::from(name),
-                AMQPValue::LongString(LongString::from(value)),
-            );
-        };
-        put("dataloy-id", env.id.to_string());
-        put("dataloy-object-type", env.object_type.clone());
-        put("dataloy-event-type", env.event_type.as_str().to_owned());
-        put("dataloy-event-time", env.event_time.clone());
-        if let Some(key) = env.subscription_key {
-            put("dataloy-subscription-key", key.to_string());
-        }
         Ok(BasicProperties::default()
             .with_delivery_mode(PERSISTENT)
             .with_message_id(message_id)
-            .with_content_type(ShortString::from("application/json"))
+            .with_content_type(ShortString::from(cloudevents::CONTENT_TYPE))
             .with_timestamp(notification.received_at_ms / 1000)
             .with_type(kind)
-            .with_headers(headers))
+            .with_headers(headers(notification, trace, self.cloudevents.as_ref())))
     }
 
     /// What a returned (unroutable) message means under `sinks.rabbitmq.unroutable`: `Ok` when
@@ -296,6 +297,49 @@ impl Inner {
             }
         }
     }
+}
+
+/// A message's headers: the `dataloy-*` ones, its trace context, and the CloudEvents ones.
+fn headers(
+    notification: &Notification,
+    trace: Option<&TraceContext>,
+    cloudevents: Option<&CloudEvents>,
+) -> FieldTable {
+    let env = &notification.envelope;
+    let mut headers = FieldTable::default();
+    let mut put = |name: &'static str, value: Option<&str>| {
+        if let Some(value) = value {
+            headers.insert(
+                ShortString::from(name),
+                AMQPValue::LongString(LongString::from(value)),
+            );
+        }
+    };
+    put("dataloy-id", Some(env.id.as_str()));
+    put("dataloy-object-type", Some(&env.object_type));
+    put("dataloy-event-type", Some(env.event_type.as_str()));
+    put("dataloy-event-time", Some(&env.event_time));
+    if let Some(key) = env.subscription_key {
+        put("dataloy-subscription-key", Some(&key.to_string()));
+    }
+    let mut rendered = [0u8; TRACEPARENT_LEN];
+    let traceparent = trace.map(|t| t.parent.render_into(&mut rendered));
+    let tracestate = trace.map(|t| t.tracestate()).filter(|s| !s.is_empty());
+    put(TRACEPARENT, traceparent);
+    put(TRACESTATE, tracestate);
+    if let Some(cloudevents) = cloudevents {
+        let names = &cloudevents::AMQP;
+        let attributes = cloudevents.attributes(env);
+        put(names.specversion, Some(cloudevents::SPEC_VERSION));
+        put(names.id, Some(attributes.id));
+        put(names.source, Some(attributes.source));
+        put(names.event_type, Some(&attributes.event_type));
+        put(names.time, attributes.time.as_deref());
+        put(names.subject, Some(&attributes.subject));
+        put(names.traceparent, traceparent);
+        put(names.tracestate, tracestate);
+    }
+    headers
 }
 
 fn exchange_kind(kind: RabbitMqExchangeKind) -> ExchangeKind {
@@ -332,15 +376,38 @@ impl Sink for RabbitMqSink {
         let mut stopped = None;
         for notification in batch {
             let routing_key = inner.routing_key.render(&notification.envelope);
-            let message = short_string("routing key", &routing_key)
-                .and_then(|key| Ok((key, inner.properties(notification)?)));
-            let (key, properties) = match message {
-                Ok(message) => message,
+            let key = match short_string("routing key", &routing_key) {
+                Ok(key) => key,
                 Err(refusal) => {
                     stopped = Some(refusal);
                     break;
                 }
             };
+            // While spans are exported, the message carries its PRODUCER span's context; else
+            // the notification's own.
+            let produced = spans::publish(
+                &spans::Publish {
+                    system: "rabbitmq",
+                    destination: &inner.settings.exchange,
+                    key: &routing_key,
+                    message_id: notification.envelope.id.as_str(),
+                },
+                notification.trace.as_ref(),
+            );
+            let trace = produced
+                .as_ref()
+                .map_or(notification.trace.as_ref(), |(_, trace)| Some(trace));
+            let properties = match inner.properties(notification, trace) {
+                Ok(properties) => properties,
+                Err(refusal) => {
+                    if let Some((span, _)) = &produced {
+                        spans::record_error(span, "unrepresentable");
+                    }
+                    stopped = Some(refusal);
+                    break;
+                }
+            };
+            let span = produced.map(|(span, _)| span);
             let mut write = Box::pin(link.channel.basic_publish(
                 exchange.clone(),
                 key,
@@ -352,17 +419,20 @@ impl Sink for RabbitMqSink {
                 properties,
             ));
             let queued = futures::poll!(write.as_mut());
-            writes.push((queued, write, routing_key));
+            writes.push((queued, write, routing_key, span));
         }
         let mut confirms = Vec::with_capacity(writes.len());
-        for (queued, write, routing_key) in writes {
+        for (queued, write, routing_key, span) in writes {
             let written = match queued {
                 Poll::Ready(written) => written,
                 Poll::Pending => write.await,
             };
             match written {
-                Ok(confirm) => confirms.push((confirm, routing_key)),
+                Ok(confirm) => confirms.push((confirm, routing_key, span)),
                 Err(e) => {
+                    if let Some(span) = &span {
+                        spans::record_error(span, "publish_failed");
+                    }
                     // Supersedes a refusal further on: that message is offered again.
                     stopped = Some(SinkError::Unavailable(e.to_string()));
                     break;
@@ -377,7 +447,7 @@ impl Sink for RabbitMqSink {
         let mut failure = None;
         let mut settled_after = Vec::new();
         let deadline = tokio::time::Instant::now() + inner.settings.confirm_timeout;
-        for (index, (confirm, routing_key)) in confirms.into_iter().enumerate() {
+        for (index, (confirm, routing_key, span)) in confirms.into_iter().enumerate() {
             let outcome = match tokio::time::timeout_at(deadline, confirm).await {
                 Ok(Ok(Confirmation::Ack(None))) => Ok(()),
                 Ok(Ok(Confirmation::Ack(Some(_)))) => inner.unroutable(&batch[index], &routing_key),
@@ -389,6 +459,9 @@ impl Sink for RabbitMqSink {
                 )),
                 Ok(Err(e)) => Err(SinkError::Unavailable(e.to_string())),
                 Err(_) => {
+                    if let Some(span) = &span {
+                        spans::record_error(span, "confirm_timeout");
+                    }
                     // A broker that stopped answering: drop the link, so the retry reconnects.
                     *guard = None;
                     inner.set_up(false, "RabbitMQ stopped confirming");
@@ -399,6 +472,13 @@ impl Sink for RabbitMqSink {
                     break;
                 }
             };
+            if let (Some(span), Err(e)) = (&span, &outcome) {
+                let error_type = match e {
+                    SinkError::Refused { reason, .. } => reason.as_str(),
+                    _ => "not_confirmed",
+                };
+                spans::record_error(span, error_type);
+            }
             match (outcome, &failure) {
                 (Ok(()), None) => confirmed += 1,
                 (Err(e), None) => {
@@ -459,5 +539,87 @@ impl Sink for RabbitMqSink {
                 "RabbitMQ did not answer the close in time; leaving the connection"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use secrecy::SecretString;
+
+    use super::*;
+    use crate::config::CloudEventsSettings;
+    use crate::envelope::{Envelope, MAX_EVENT_TIME_LEN, MAX_ID_LEN, MAX_OBJECT_TYPE_LEN};
+    use crate::trace_context::{TraceParent, TraceState, MAX_TRACESTATE_LEN};
+
+    /// The smallest `frame_max` a broker may negotiate (AMQP 0-9-1, 4.2.3); a content header
+    /// frame is one frame: header (7), class, weight and body size (12), properties, end (1).
+    const MIN_FRAME_MAX: usize = 4096;
+
+    /// Every header value at the longest the gateway lets in, with CloudEvents on: the header
+    /// frame still fits the smallest frame a broker may use, so no message can be one the broker
+    /// must refuse for its headers alone.
+    #[tokio::test]
+    async fn the_longest_headers_fit_the_smallest_amqp_frame() {
+        let body = include_bytes!("../../tests/fixtures/bunker-order-updated.json");
+        let mut envelope = Envelope::parse(body).unwrap();
+        envelope.id = crate::envelope::NotificationId::parse(&"😀".repeat(MAX_ID_LEN / 4)).unwrap();
+        envelope.object_type = format!("B{}", "x".repeat(MAX_OBJECT_TYPE_LEN - 1));
+        envelope.event_time = "9999-12-31T23:59:59.999999999+23:59".into();
+        assert_eq!(envelope.event_time.len(), MAX_EVENT_TIME_LEN);
+        envelope.dataloy_object = i64::MIN;
+        envelope.subscription_key = Some(i64::MIN);
+        envelope.origin = Some(format!(
+            "http://{}",
+            "a".repeat(crate::envelope::MAX_ORIGIN_LEN - 7)
+        ));
+        let members: Vec<String> = (0..32)
+            .map(|i| format!("k{i:02}={}", "v".repeat(12)))
+            .collect();
+        let state = TraceState::from_headers([members.join(",").as_bytes()]);
+        assert!(
+            state.as_str().len() > MAX_TRACESTATE_LEN - 20,
+            "{}",
+            state.as_str().len()
+        );
+        let trace = TraceContext {
+            parent: TraceParent::new_root(),
+            state,
+        };
+        let notification = Notification::new(envelope, Bytes::from_static(body)).with_trace(trace);
+        let settings = RabbitMqSinkSettings {
+            uri: SecretString::from("amqp://127.0.0.1:1/%2f"),
+            cloudevents: Some(CloudEventsSettings {
+                source: Some("s".repeat(crate::config::MAX_ATTRIBUTE_LEN)),
+                event_type: format!("{}{{objectType}}", "t".repeat(127)),
+                ..CloudEventsSettings::default()
+            }),
+            ..RabbitMqSinkSettings::default()
+        };
+        let sink = RabbitMqSink::new(&settings, Metrics::new());
+        let properties = sink
+            .inner
+            .properties(&notification, notification.trace.as_ref())
+            .unwrap();
+        let headers = properties.headers().as_ref().unwrap();
+        let value = |name: &str| match headers.inner().get(name) {
+            Some(AMQPValue::LongString(value)) => value.to_string(),
+            other => panic!("{name}: {other:?}"),
+        };
+        assert_eq!(value("cloudEvents_type").len(), 255);
+        assert_eq!(
+            value("cloudEvents_source").len(),
+            crate::config::MAX_ATTRIBUTE_LEN
+        );
+        assert_eq!(value("cloudEvents_tracestate"), value("tracestate"));
+
+        let (encoded, _) = cookie_factory::gen(
+            lapin::protocol::basic::gen_properties(&properties),
+            Vec::new(),
+        )
+        .unwrap();
+        let frame = 7 + 12 + encoded.len() + 1;
+        assert!(frame <= MIN_FRAME_MAX, "header frame of {frame} bytes");
+        sink.close(std::time::Duration::from_millis(10)).await;
     }
 }

@@ -4,7 +4,7 @@
 
 use std::fmt::Write;
 
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, EventType, MAX_ID_LEN, MAX_OBJECT_TYPE_LEN};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Field {
@@ -13,16 +13,39 @@ enum Field {
     DataloyObject,
     Id,
     SubscriptionKey,
+    /// `created`, `updated` or `deleted`, from the event type.
+    Action,
 }
 
 impl Field {
-    const ALL: [(&'static str, Field); 5] = [
+    const ALL: [(&'static str, Field); 6] = [
         ("objectType", Field::ObjectType),
         ("eventType", Field::EventType),
         ("dataloyObject", Field::DataloyObject),
         ("id", Field::Id),
         ("subscriptionKey", Field::SubscriptionKey),
+        ("action", Field::Action),
     ];
+
+    /// The most bytes the field renders to, by the envelope's limits.
+    fn max_len(self) -> usize {
+        match self {
+            Field::ObjectType => MAX_OBJECT_TYPE_LEN,
+            Field::EventType => 1,
+            Field::DataloyObject | Field::SubscriptionKey => "-9223372036854775808".len(),
+            Field::Id => MAX_ID_LEN,
+            Field::Action => "created".len(),
+        }
+    }
+}
+
+/// The word for a change kind, as CloudEvents types usually say it.
+pub fn action(event_type: EventType) -> &'static str {
+    match event_type {
+        EventType::Create => "created",
+        EventType::Update => "updated",
+        EventType::Delete => "deleted",
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,7 +61,7 @@ pub struct Template {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TemplateError {
-    #[error("has an unknown placeholder `{{{0}}}`; known: {{objectType}}, {{eventType}}, {{dataloyObject}}, {{id}}, {{subscriptionKey}}")]
+    #[error("has an unknown placeholder `{{{0}}}`; known: {{objectType}}, {{eventType}}, {{dataloyObject}}, {{id}}, {{subscriptionKey}}, {{action}}")]
     UnknownField(String),
     #[error("has an unclosed `{{`")]
     Unclosed,
@@ -85,9 +108,34 @@ impl Template {
                         let _ = write!(out, "{key}");
                     }
                 }
+                Part::Field(Field::Action) => out.push_str(action(envelope.event_type)),
             }
         }
         out
+    }
+
+    /// The most bytes a rendering can take, with every placeholder at its longest.
+    pub fn max_rendered_len(&self) -> usize {
+        self.parts
+            .iter()
+            .map(|part| match part {
+                Part::Literal(text) => text.len(),
+                Part::Field(field) => field.max_len(),
+            })
+            .sum()
+    }
+
+    /// The literal parts.
+    pub fn literals(&self) -> impl Iterator<Item = &str> {
+        self.parts.iter().filter_map(|part| match part {
+            Part::Literal(text) => Some(text.as_str()),
+            Part::Field(_) => None,
+        })
+    }
+
+    /// Whether every rendering is empty.
+    pub fn is_empty(&self) -> bool {
+        self.parts.is_empty()
     }
 
     /// Whether every rendering is a legal Kafka topic name: literal parts use only the legal
@@ -116,11 +164,17 @@ mod tests {
     fn renders_every_field() {
         let body = include_bytes!("../../tests/fixtures/bunker-order-updated.json");
         let env = Envelope::parse(body).unwrap();
-        let t = Template::parse("{objectType}.{eventType}:{dataloyObject}/{id}@{subscriptionKey}")
-            .unwrap();
+        let t = Template::parse(
+            "{objectType}.{eventType}:{dataloyObject}/{id}@{subscriptionKey}~{action}",
+        )
+        .unwrap();
         assert_eq!(
             t.render(&env),
-            "PortCall.U:189126972/1573335-244070007@243885046"
+            "PortCall.U:189126972/1573335-244070007@243885046~updated"
+        );
+        assert_eq!(
+            t.max_rendered_len(),
+            128 + 1 + 1 + 1 + 20 + 1 + 128 + 1 + 20 + 1 + 7
         );
         assert!(Template::parse("dataloy").unwrap().is_constant());
     }

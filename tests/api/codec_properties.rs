@@ -7,7 +7,7 @@
 use bytes::Bytes;
 use dataloy_gateway::config::Settings;
 use dataloy_gateway::envelope::Envelope;
-use dataloy_gateway::fuzzing::accepted;
+use dataloy_gateway::fuzzing::{accepted, trace_for};
 use dataloy_gateway::metrics::Metrics;
 use dataloy_gateway::notification::Notification;
 use dataloy_gateway::spool::record::{
@@ -71,15 +71,18 @@ proptest! {
         id in near_boundary(1 << 33),
         event_time in near_boundary(1 << 17),
         body in prop::sample::select(vec![0usize, 1 << 16, 1 << 32, MAX_PAYLOAD_LEN - 512, MAX_PAYLOAD_LEN, usize::MAX]),
+        // None, or the longest trace context and origin: 16 + 8 + 1 + 2 + 512 and 2 + 255.
+        optional in prop::sample::select(vec![0usize, 539 + 257]),
     ) {
-        let outcome = check_lengths([("id", id), ("objectType", 8), ("eventTime", event_time)], body);
+        let outcome = check_lengths([("id", id), ("objectType", 8), ("eventTime", event_time)], optional, body);
         let fits_texts = id <= MAX_TEXT_LEN && event_time <= MAX_TEXT_LEN;
         // The payload also holds fixed fields, fewer than 64 bytes.
-        let payload = |fixed: usize| body.checked_add(id + 8 + event_time + fixed);
+        let payload = |fixed: usize| body.checked_add(id + 8 + event_time + optional + fixed);
         match outcome {
             Ok(()) => prop_assert!(fits_texts && payload(0).is_some_and(|n| n <= MAX_PAYLOAD_LEN)),
             Err(EncodeError::FieldTooLong { len, .. }) => prop_assert!(!fits_texts && len > MAX_TEXT_LEN),
             Err(EncodeError::TooLarge { .. }) => prop_assert!(fits_texts && payload(64).is_none_or(|n| n > MAX_PAYLOAD_LEN)),
+            Err(EncodeError::Unrepresentable { .. }) => prop_assert!(false, "only lengths are checked here"),
         }
     }
 }
@@ -116,7 +119,8 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(6))]
 
     /// Through the real spool: appended (the writer's segment code, fsync and all), read back
-    /// byte for byte, and again after recovery reopened the directory.
+    /// byte for byte with the trace context of those that have one, after recovery reopened the
+    /// directory.
     #[test]
     fn accepted_bodies_round_trip_through_the_real_spool(
         bodies in prop::collection::vec(accepted_body(), 1..4)
@@ -131,9 +135,16 @@ proptest! {
         };
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let sent: Vec<Bytes> = bodies.into_iter().map(Bytes::from).collect();
+        // Every other one with a trace context: records of both forms in one segment.
+        let traces: Vec<_> = sent
+            .iter()
+            .enumerate()
+            .map(|(i, body)| (i % 2 == 0).then(|| trace_for(body)))
+            .collect();
         let spool = Spool::open(options.clone(), &["file"], Metrics::new()).unwrap();
-        for body in &sent {
-            let notification = Notification::new(Envelope::parse(body).unwrap(), body.clone());
+        for (body, trace) in sent.iter().zip(&traces) {
+            let mut notification = Notification::new(Envelope::parse(body).unwrap(), body.clone());
+            notification.trace = trace.clone();
             runtime.block_on(spool.append(notification)).unwrap();
         }
         runtime.block_on(spool.close());
@@ -145,9 +156,9 @@ proptest! {
         loop {
             let batch = reader.read_available(16).unwrap();
             if batch.is_empty() { break; }
-            read.extend(batch.into_iter().map(|r| r.notification.body));
+            read.extend(batch.into_iter().map(|r| (r.notification.body, r.notification.trace)));
         }
         runtime.block_on(spool.close());
-        prop_assert_eq!(read, sent);
+        prop_assert_eq!(read, sent.into_iter().zip(traces).collect::<Vec<_>>());
     }
 }

@@ -33,7 +33,7 @@ fn command(config: &Path, args: &[&str]) -> Output {
 }
 
 /// Runs a command that must succeed and print JSON.
-fn json(config: &Path, args: &[&str]) -> Value {
+pub(crate) fn json(config: &Path, args: &[&str]) -> Value {
     let out = command(config, args);
     assert!(
         out.status.success(),
@@ -51,7 +51,13 @@ fn json(config: &Path, args: &[&str]) -> Value {
 
 /// A configuration in `dir` with the spool, the file sink and RabbitMQ on `exchange`, plus
 /// `extra` TOML.
-fn write_config(dir: &Path, spool: &Path, events: &Path, exchange: &str, extra: &str) -> PathBuf {
+pub(crate) fn write_config(
+    dir: &Path,
+    spool: &Path,
+    events: &Path,
+    exchange: &str,
+    extra: &str,
+) -> PathBuf {
     let path = dir.join("gateway.toml");
     let text = format!(
         r#"

@@ -71,3 +71,24 @@ fn every_fuzz_target_has_its_check() {
         fuzzing::TARGETS.len()
     );
 }
+
+/// The seeds of records with optional fields (trace context, origin) are records the decoder
+/// takes, so the fuzzer starts from inside the new fields rather than from checksum failures.
+#[test]
+fn the_record_seeds_with_optional_fields_decode() {
+    use dataloy_gateway::spool::record;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/record_decode");
+    for (name, traced, origin) in [
+        ("traced-with-origin", true, true),
+        ("traced-no-state-unsampled", true, false),
+        ("origin-only", false, true),
+    ] {
+        let data = std::fs::read(dir.join(name)).unwrap();
+        let generation = u64::from_le_bytes(data[1 + 16..1 + 24].try_into().unwrap());
+        let (decoded, _) =
+            record::decode(&data[1..], generation).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        let notification = decoded.notification;
+        assert_eq!(notification.trace.is_some(), traced, "{name}");
+        assert_eq!(notification.envelope.origin.is_some(), origin, "{name}");
+    }
+}

@@ -2,6 +2,7 @@
 //! a process to kill.
 
 mod admin;
+mod cloudevents;
 mod codec_properties;
 mod config;
 mod crash;
@@ -45,6 +46,7 @@ mod tls_rabbitmq;
 mod tls_redis;
 mod tls_support;
 mod tls_websocket;
+mod trace_context;
 mod validation;
 mod webhook;
 mod websocket;

@@ -10,12 +10,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
 use rdkafka::producer::{DeliveryResult, ProducerContext};
 use rdkafka::ClientContext;
 use tokio::sync::Notify;
+use tracing::Span;
 
 use crate::sink::SinkError;
+use crate::telemetry::spans;
 
 /// Why a message of the batch is not confirmed.
 #[derive(Debug, Clone)]
@@ -47,14 +50,16 @@ impl BatchReports {
         })
     }
 
-    /// A handle for message `index`, to travel with it through librdkafka as its opaque.
-    pub(super) fn expect(self: &Arc<Self>, index: usize) -> Box<PendingReport> {
+    /// A handle for message `index`, to travel with it through librdkafka as its opaque, with
+    /// the message's PRODUCER span (ended when the handle is: at the report).
+    pub(super) fn expect(self: &Arc<Self>, index: usize, span: Option<Span>) -> Box<PendingReport> {
         self.outstanding.fetch_add(1, Ordering::Relaxed);
         self.expected.fetch_max(index + 1, Ordering::Relaxed);
         Box::new(PendingReport {
             reports: self.clone(),
             index,
             reported: false,
+            span,
         })
     }
 
@@ -131,24 +136,49 @@ pub(super) struct PendingReport {
     reports: Arc<BatchReports>,
     index: usize,
     reported: bool,
+    span: Option<Span>,
 }
 
 impl PendingReport {
     /// Records that the message failed (at enqueue, or by its report); the batch counts it
     /// once the handle is dropped.
     pub(super) fn fail(&mut self, error: KafkaError) {
+        if let Some(span) = &self.span {
+            let code = error.rdkafka_error_code();
+            spans::record_error(span, code.map_or("_OTHER", error_type));
+        }
         self.reports.fail(self.index, Failure::Kafka(error));
         self.reported = true;
     }
 
-    fn delivered(&mut self) {
+    fn delivered(&mut self, partition: i32, offset: i64) {
+        if let Some(span) = &self.span {
+            spans::record_kafka_delivery(span, partition, offset);
+        }
         self.reported = true;
+    }
+}
+
+/// A low-cardinality name for a librdkafka error code, as `error.type`.
+fn error_type(code: RDKafkaErrorCode) -> &'static str {
+    match code {
+        RDKafkaErrorCode::MessageTimedOut => "message_timed_out",
+        RDKafkaErrorCode::MessageSizeTooLarge => "message_size_too_large",
+        RDKafkaErrorCode::UnknownTopic | RDKafkaErrorCode::UnknownTopicOrPartition => {
+            "unknown_topic_or_partition"
+        }
+        RDKafkaErrorCode::InvalidTopic => "invalid_topic",
+        RDKafkaErrorCode::QueueFull => "queue_full",
+        _ => "_OTHER",
     }
 }
 
 impl Drop for PendingReport {
     fn drop(&mut self) {
         if !self.reported {
+            if let Some(span) = &self.span {
+                spans::record_error(span, "unreported");
+            }
             self.reports.fail(self.index, Failure::Unreported);
         }
         self.reports.count_down();
@@ -165,7 +195,7 @@ impl ProducerContext for ReportCounter {
 
     fn delivery(&self, result: &DeliveryResult<'_>, mut pending: Box<PendingReport>) {
         match result {
-            Ok(_) => pending.delivered(),
+            Ok(message) => pending.delivered(message.partition(), message.offset()),
             Err((error, _)) => pending.fail(error.clone()),
         }
     }
@@ -174,8 +204,6 @@ impl ProducerContext for ReportCounter {
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
-
-    use rdkafka::types::RDKafkaErrorCode;
 
     use super::*;
     use crate::dead_letter::Reason;
@@ -199,9 +227,9 @@ mod tests {
     #[tokio::test]
     async fn reports_arriving_before_the_publisher_waits_are_not_missed() {
         let reports = BatchReports::new();
-        let pending: Vec<_> = (0..3).map(|i| reports.expect(i)).collect();
+        let pending: Vec<_> = (0..3).map(|i| reports.expect(i, None)).collect();
         for mut p in pending {
-            p.delivered();
+            p.delivered(0, 0);
         }
         assert!(finish(&reports).await.is_none());
     }
@@ -209,11 +237,11 @@ mod tests {
     #[tokio::test]
     async fn the_publisher_waits_for_reports_from_another_thread() {
         let reports = BatchReports::new();
-        let pending: Vec<_> = (0..100).map(|i| reports.expect(i)).collect();
+        let pending: Vec<_> = (0..100).map(|i| reports.expect(i, None)).collect();
         let reporter = std::thread::spawn(move || {
             for mut p in pending {
                 std::thread::sleep(Duration::from_micros(50));
-                p.delivered();
+                p.delivered(0, 0);
             }
         });
         let outcome = finish(&reports).await;
@@ -224,18 +252,18 @@ mod tests {
     #[tokio::test]
     async fn the_lowest_failed_index_wins_whatever_the_order_of_reports() {
         let reports = BatchReports::new();
-        let mut pending: Vec<_> = (0..5).map(|i| Some(reports.expect(i))).collect();
+        let mut pending: Vec<_> = (0..5).map(|i| Some(reports.expect(i, None))).collect();
         pending[4]
             .take()
             .unwrap()
             .fail(error(RDKafkaErrorCode::MessageTimedOut));
-        pending[0].take().unwrap().delivered();
-        pending[3].take().unwrap().delivered();
+        pending[0].take().unwrap().delivered(0, 0);
+        pending[3].take().unwrap().delivered(0, 0);
         pending[2]
             .take()
             .unwrap()
             .fail(error(RDKafkaErrorCode::MessageSizeTooLarge));
-        pending[1].take().unwrap().delivered();
+        pending[1].take().unwrap().delivered(0, 0);
         let failures = finish(&reports).await.expect("two failed");
         let (index, failure) = failures.first;
         assert_eq!(index, 2);
@@ -255,23 +283,23 @@ mod tests {
     async fn after_a_refusal_the_delivered_and_refused_messages_are_settled_up_to_a_transient_one()
     {
         let reports = BatchReports::new();
-        let mut pending: Vec<_> = (0..7).map(|i| Some(reports.expect(i))).collect();
-        pending[0].take().unwrap().delivered();
+        let mut pending: Vec<_> = (0..7).map(|i| Some(reports.expect(i, None))).collect();
+        pending[0].take().unwrap().delivered(0, 0);
         pending[1]
             .take()
             .unwrap()
             .fail(error(RDKafkaErrorCode::MessageSizeTooLarge));
-        pending[2].take().unwrap().delivered();
+        pending[2].take().unwrap().delivered(0, 0);
         pending[3]
             .take()
             .unwrap()
             .fail(error(RDKafkaErrorCode::MessageSizeTooLarge));
-        pending[4].take().unwrap().delivered();
+        pending[4].take().unwrap().delivered(0, 0);
         pending[5]
             .take()
             .unwrap()
             .fail(error(RDKafkaErrorCode::MessageTimedOut));
-        pending[6].take().unwrap().delivered();
+        pending[6].take().unwrap().delivered(0, 0);
         let failures = finish(&reports).await.expect("three failed");
         assert_eq!(failures.first.0, 1);
         let settled = failures.settled_after(|_, failure| match failure {
@@ -295,7 +323,7 @@ mod tests {
     #[tokio::test]
     async fn messages_never_enqueued_are_not_settled() {
         let reports = BatchReports::new();
-        let mut first = reports.expect(0);
+        let mut first = reports.expect(0, None);
         first.fail(error(RDKafkaErrorCode::MessageSizeTooLarge));
         drop(first);
         let failures = finish(&reports).await.expect("one failed");
@@ -307,9 +335,9 @@ mod tests {
     #[tokio::test]
     async fn a_handle_dropped_without_a_report_counts_as_a_failure() {
         let reports = BatchReports::new();
-        let mut first = reports.expect(0);
-        let second = reports.expect(1);
-        first.delivered();
+        let mut first = reports.expect(0, None);
+        let second = reports.expect(1, None);
+        first.delivered(0, 0);
         drop(first);
         drop(second);
         let failures = finish(&reports).await.expect("one unreported");

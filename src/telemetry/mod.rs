@@ -2,6 +2,14 @@
 //! text for people. `RUST_LOG` overrides the configured level. The server logs to stdout; a
 //! subcommand logs to stderr, so that its own output on stdout stays parseable. The server's
 //! filter can be replaced while it runs ([`LogReload`], what SIGHUP uses).
+//!
+//! With `[tracing.otlp]` the server also records OpenTelemetry spans (`spans`) and exports them
+//! (`otel`). Without it nothing of that is installed: the subscriber is exactly the logging one,
+//! and [`spans::exporting`] is false, so no span is made for OpenTelemetry at all.
+
+#[cfg(feature = "otlp")]
+pub mod otel;
+pub mod spans;
 
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
@@ -37,8 +45,8 @@ impl LogReload {
     }
 }
 
-/// Installs the server's global subscriber; a second call (as in tests) is a no-op and returns
-/// `None`.
+/// Installs the server's global subscriber (logging only); a second call (as in tests) is a
+/// no-op and returns `None`.
 pub fn init(settings: &LogSettings) -> Option<LogReload> {
     install(settings, &settings.level, std::io::stdout)
 }
@@ -58,14 +66,17 @@ fn env_filter() -> Option<EnvFilter> {
     EnvFilter::try_from_default_env().ok()
 }
 
+fn filter(level: &str) -> EnvFilter {
+    env_filter()
+        .or_else(|| EnvFilter::try_new(level).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"))
+}
+
 fn install<W>(settings: &LogSettings, level: &str, writer: W) -> Option<LogReload>
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
-    let filter = env_filter()
-        .or_else(|| EnvFilter::try_new(level).ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
-    let (filter, handle) = reload::Layer::new(filter);
+    let (filter, handle) = reload::Layer::new(filter(level));
     let (json, pretty) = match settings.format {
         LogFormat::Json => (
             Some(
