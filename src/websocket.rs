@@ -29,8 +29,8 @@ use tokio_tungstenite::MaybeTlsStream;
 use crate::config::WebSocketSourceSettings;
 use crate::ingest::{Accepted, Ingest, IngestError};
 use crate::metrics::{Metrics, Source};
-use crate::tls::{ClientTls, TlsError};
 use crate::telemetry::spans;
+use crate::tls::{ClientTls, TlsError};
 use crate::trace_context::TraceContext;
 use read::{Batch, End, Socket};
 

@@ -36,8 +36,8 @@ use crate::config::{RabbitMqExchangeKind, RabbitMqSinkSettings, UnroutablePolicy
 use crate::dead_letter::Reason;
 use crate::metrics::Metrics;
 use crate::notification::Notification;
-use crate::tls::ClientTls;
 use crate::telemetry::spans;
+use crate::tls::ClientTls;
 use crate::trace_context::{TraceContext, TRACEPARENT, TRACEPARENT_LEN, TRACESTATE};
 
 /// Longest AMQP short string, in bytes.
@@ -596,7 +596,7 @@ mod tests {
             }),
             ..RabbitMqSinkSettings::default()
         };
-        let sink = RabbitMqSink::new(&settings, Metrics::new());
+        let sink = RabbitMqSink::new(&settings, Metrics::new()).expect("no tls table");
         let properties = sink
             .inner
             .properties(&notification, notification.trace.as_ref())
