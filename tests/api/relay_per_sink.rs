@@ -33,7 +33,16 @@ async fn a_sink_that_cannot_deliver_does_not_hold_another_back() {
 
     // Assert: all three reached the file sink while RabbitMQ delivered none.
     assert_eq!(ids_of(&read_events(&app.events_path)), ids);
-    let metrics = app.metrics().await;
+    // The file sink writes the event before its runner stores the cursor: wait for the cursor.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let metrics = loop {
+        let metrics = app.metrics().await;
+        let backlog = metric_value(&metrics, "dataloy_gateway_sink_backlog{sink=\"file\"}");
+        if backlog == 0.0 || std::time::Instant::now() > deadline {
+            break metrics;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     assert_eq!(
         metric_value(&metrics, "dataloy_gateway_sink_backlog{sink=\"file\"}"),
         0.0
