@@ -3,7 +3,7 @@
 //! A file is only ever appended to by the process that created it; a new process starts a new
 //! file, and an older one is deleted whole once its ids have expired (see `writer`).
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -29,20 +29,7 @@ pub fn path_for(dir: &Path, first_seq: u64) -> PathBuf {
 
 /// Journal files in `dir`, in journal order.
 pub fn list(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
-    let mut files = Vec::new();
-    for item in fs::read_dir(dir)? {
-        let path = item?.path();
-        let first_seq = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(SUFFIX))
-            .and_then(|n| n.parse::<u64>().ok());
-        if let Some(first_seq) = first_seq {
-            files.push((first_seq, path));
-        }
-    }
-    files.sort_by_key(|(seq, _)| *seq);
-    Ok(files)
+    crate::spool::segment::list_with_suffix(dir, SUFFIX)
 }
 
 /// Entries a file of `bytes` can hold, counting a partial one.

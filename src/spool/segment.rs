@@ -63,7 +63,9 @@ pub fn list_spares(dir: &Path) -> io::Result<Vec<PathBuf>> {
         .collect())
 }
 
-fn list_with_suffix(dir: &Path, suffix: &str) -> io::Result<Vec<(u64, PathBuf)>> {
+/// Files in `dir` named `<first seq><suffix>`, in sequence order (segments, spares, and the id
+/// journal's files, which are named the same way).
+pub(crate) fn list_with_suffix(dir: &Path, suffix: &str) -> io::Result<Vec<(u64, PathBuf)>> {
     let mut files = Vec::new();
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();
