@@ -12,6 +12,7 @@
 //! keeps retrying the notification instead (nothing is dropped) and says so in logs and metrics.
 
 mod entry;
+pub mod forward;
 
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, Write};
@@ -92,6 +93,8 @@ pub struct DeadLetterStore {
     used: AtomicU64,
     /// Makes names unique within this process; the time and a random part across processes.
     counter: AtomicU64,
+    /// Counts the entries this process stored, so the forwarder wakes up for a new one.
+    stored: tokio::sync::watch::Sender<u64>,
 }
 
 impl DeadLetterStore {
@@ -121,6 +124,7 @@ impl DeadLetterStore {
             max_bytes,
             used: AtomicU64::new(0),
             counter: AtomicU64::new(0),
+            stored: tokio::sync::watch::Sender::new(0),
         };
         store.recount()?;
         Ok(store)
@@ -155,6 +159,23 @@ impl DeadLetterStore {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Changes whenever this process stored an entry (entries other processes add are not seen).
+    pub fn watch_stored(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.stored.subscribe()
+    }
+
+    /// Whether the entry `name` is (still) in the store.
+    pub fn contains(&self, name: &str) -> bool {
+        !name.contains('/') && !name.contains("..") && self.path(name).exists()
+    }
+
+    /// Entry names, oldest first (by name: stored-at time, then a counter).
+    pub fn names_oldest_first(&self) -> Result<Vec<String>, DeadLetterError> {
+        let mut names = self.names()?;
+        names.sort();
+        Ok(names)
     }
 
     /// Bytes the entries take.
@@ -197,6 +218,7 @@ impl DeadLetterStore {
                 source,
             })?;
         self.used.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        self.stored.send_modify(|count| *count += 1);
         Ok(name)
     }
 
