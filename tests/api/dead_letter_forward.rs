@@ -328,9 +328,9 @@ fn forwarding_without_the_sink_that_holds_its_connection_is_refused_naming_both_
         no_exchange.contains("dead_letters.forward.rabbitmq.exchange"),
         "{no_exchange}"
     );
-    let topic = config_error(&format!(
-        "[sinks.kafka]\nbrokers = \"127.0.0.1:9092\"\n[dead_letters.forward.kafka]\ntopic = \"dead letters\"\n"
-    ));
+    let topic = config_error(
+        "[sinks.kafka]\nbrokers = \"127.0.0.1:9092\"\n[dead_letters.forward.kafka]\ntopic = \"dead letters\"\n",
+    );
     assert!(
         topic.contains("dead_letters.forward.kafka.topic"),
         "{topic}"
