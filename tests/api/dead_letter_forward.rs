@@ -336,3 +336,54 @@ fn forwarding_without_the_sink_that_holds_its_connection_is_refused_naming_both_
         "{topic}"
     );
 }
+
+#[tokio::test]
+async fn after_sigkill_the_real_binary_does_not_forward_a_confirmed_dead_letter_again() {
+    // Arrange: the real binary, forwarding to a DLX with a queue for everything.
+    let dir = tempfile::tempdir().unwrap();
+    let exchange = unique("x-fwd-kill");
+    let dlx = unique("dlx-fwd-kill");
+    let _port_calls = bind_queue(&exchange, "PortCall.*").await;
+    let dead = bind_queue(&dlx, "#").await;
+    let config = crate::dead_letters_cli::write_config(
+        dir.path(),
+        &dir.path().join("spool"),
+        &dir.path().join("out/events.jsonl"),
+        &exchange,
+        &format!(
+            "[dead_letters.forward]\nretry_initial_backoff = \"50ms\"\nretry_max_backoff = \
+             \"300ms\"\nscan_interval = \"300ms\"\n[dead_letters.forward.rabbitmq]\nexchange = \
+             \"{dlx}\"\n"
+        ),
+    );
+    let post = |port: u16, body: Vec<u8>| async move {
+        let answer = reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{port}/webhooks/dataloy"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+    };
+    let (mut gateway, port) = crate::dead_letters_cli::start(&config);
+    post(port, of_type("BunkerOrderLine", "fwd-kill-1")).await;
+    let first = drain(&dead, 1, Duration::from_secs(30)).await;
+    assert_eq!(first.len(), 1);
+    assert_eq!(rabbitmq_broker::message_id(&first[0]), "fwd-kill-1");
+
+    // Act: SIGKILL once it was confirmed (and marked), then start again.
+    gateway.0.kill().unwrap();
+    gateway.0.wait().unwrap();
+    let (_gateway, port) = crate::dead_letters_cli::start(&config);
+
+    // Assert: not forwarded again; a new dead letter still is, once.
+    assert!(
+        drain(&dead, 0, Duration::from_secs(3)).await.is_empty(),
+        "forwarded again after SIGKILL"
+    );
+    post(port, of_type("BunkerOrderLine", "fwd-kill-2")).await;
+    let second = drain(&dead, 1, Duration::from_secs(30)).await;
+    let ids: Vec<String> = second.iter().map(rabbitmq_broker::message_id).collect();
+    assert_eq!(ids, ["fwd-kill-2"]);
+}
