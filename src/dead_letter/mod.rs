@@ -166,11 +166,6 @@ impl DeadLetterStore {
         self.stored.subscribe()
     }
 
-    /// Whether the entry `name` is (still) in the store.
-    pub fn contains(&self, name: &str) -> bool {
-        !name.contains('/') && !name.contains("..") && self.path(name).exists()
-    }
-
     /// Entry names, oldest first (by name: stored-at time, then a counter).
     pub fn names_oldest_first(&self) -> Result<Vec<String>, DeadLetterError> {
         let mut names = self.names()?;

@@ -387,3 +387,37 @@ async fn after_sigkill_the_real_binary_does_not_forward_a_confirmed_dead_letter_
     let ids: Vec<String> = second.iter().map(rabbitmq_broker::message_id).collect();
     assert_eq!(ids, ["fwd-kill-2"]);
 }
+
+#[tokio::test]
+async fn an_entry_purged_while_its_dlx_is_missing_is_not_forwarded_and_stops_waiting() {
+    // Arrange: the DLX is not declared; one dead letter waits.
+    let exchange = unique("x-fwd-purge");
+    let dlx = unique("dlx-fwd-purge");
+    let _port_calls = bind_queue(&exchange, "PortCall.*").await;
+    let app = spawn_app_with(|s, _| with_dlx(s, &exchange, &dlx, "{sink}.{reason}")).await;
+    assert_eq!(
+        app.post(of_type("BunkerOrderLine", "fwd-purge-1"))
+            .await
+            .status(),
+        200
+    );
+    let waiting = "dataloy_gateway_dead_letters_forward_waiting{destination=\"rabbitmq\"}";
+    assert!(eventually(|| async { app.metric(waiting).await == 1.0 }).await);
+
+    // Act: an operator's purge (what `dead-letters purge` does), then the DLX appears.
+    let store =
+        DeadLetterStore::inspect(&app.dir.path().join("spool/dead-letters"), 1 << 30).unwrap();
+    for name in store.select(Some("fwd-purge-1"), None).unwrap() {
+        store.remove(&name).unwrap();
+    }
+    assert!(eventually(|| async { app.metric(waiting).await == 0.0 }).await);
+    let dead = bind_queue(&dlx, "#").await;
+
+    // Assert: nothing is forwarded.
+    assert!(drain(&dead, 0, Duration::from_secs(2)).await.is_empty());
+    assert_eq!(
+        app.metric("dataloy_gateway_dead_letters_forwarded_total{destination=\"rabbitmq\"}")
+            .await,
+        0.0
+    );
+}

@@ -12,6 +12,7 @@ mod marks;
 mod message;
 mod rabbitmq;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -110,6 +111,7 @@ pub fn start(
             destination,
             metrics: metrics.clone(),
             settings: forward.clone(),
+            unmarked: Arc::default(),
         };
         tasks.push(tokio::spawn(forwarder.run(stop.clone())));
     }
@@ -123,6 +125,9 @@ struct Forwarder {
     destination: Box<dyn Destination>,
     metrics: ForwardMetrics,
     settings: DeadLetterForwardSettings,
+    /// Entries settled in this process whose mark could not be written yet (a failing disk):
+    /// not forwarded again while the process lives; their marks are tried again at each scan.
+    unmarked: Arc<parking_lot::Mutex<HashMap<String, (Mark, String)>>>,
 }
 
 /// How forwarding one entry ended.
@@ -180,15 +185,20 @@ impl Forwarder {
     async fn scan(&self) -> Result<Vec<String>, DeadLetterError> {
         let store = self.store.clone();
         let marks = self.marks.clone();
+        let unmarked = self.unmarked.clone();
         tokio::task::spawn_blocking(move || {
+            unmarked
+                .lock()
+                .retain(|name, (mark, detail)| marks.set(name, *mark, detail).is_err());
             let names = store.names_oldest_first()?;
             let mut marked = marks.load().map_err(|source| DeadLetterError::Io {
                 dir: store.dir().to_owned(),
                 source,
             })?;
+            let unmarked = unmarked.lock();
             let pending = names
                 .into_iter()
-                .filter(|name| marked.remove(name).is_none())
+                .filter(|name| marked.remove(name).is_none() && !unmarked.contains_key(name))
                 .collect();
             // What is left was replayed or purged.
             for orphan in marked.keys() {
@@ -274,28 +284,30 @@ impl Forwarder {
                         tracing::debug!(destination, dead_letter = name, error = %detail, retry_in_ms = wait.as_millis() as u64, "forward failed again");
                     }
                     attempts += 1;
+                    // The entry is read again: one purged meanwhile is settled above.
                     if stopped_within(stop, wait).await {
                         return Outcome::Stopped;
-                    }
-                    if !self.store.contains(name) {
-                        return Outcome::Settled;
                     }
                 }
             }
         }
     }
 
-    /// Marks `name`; a mark that cannot be written is logged and counted (the entry would be
-    /// forwarded again after a restart: at-least-once).
+    /// Marks `name`. A mark that cannot be written is logged, counted and kept in memory (tried
+    /// again at each scan), so this process does not forward the entry again; a restart before
+    /// it is written would (at-least-once).
     async fn mark(&self, name: &str, mark: Mark, detail: &str) {
         let marks = self.marks.clone();
-        let (owned, detail) = (name.to_owned(), detail.to_owned());
-        let set = tokio::task::spawn_blocking(move || marks.set(&owned, mark, &detail))
+        let (owned, owned_detail) = (name.to_owned(), detail.to_owned());
+        let set = tokio::task::spawn_blocking(move || marks.set(&owned, mark, &owned_detail))
             .await
             .expect("a mark does not panic");
         if let Err(e) = set {
             self.metrics.failed(self.destination.name(), "store");
-            tracing::error!(destination = self.destination.name(), dead_letter = name, error = %e, "cannot record that the dead letter was forwarded; a restart forwards it again");
+            tracing::error!(destination = self.destination.name(), dead_letter = name, error = %e, "cannot record the dead letter's forward outcome; trying again at the next scan (a restart before that forwards it again)");
+            self.unmarked
+                .lock()
+                .insert(name.to_owned(), (mark, detail.to_owned()));
         }
     }
 
