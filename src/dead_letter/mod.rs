@@ -10,6 +10,7 @@
 //! An entry is a line of JSON metadata (with a CRC-32 of the body), a newline, then the body
 //! byte for byte. The store is bounded by `dead_letters.max_bytes`; when it is full the relay
 //! keeps retrying the notification instead (nothing is dropped) and says so in logs and metrics.
+//! [`forward`] also publishes each entry to the operators' brokers, when configured.
 
 mod entry;
 pub mod forward;

@@ -421,3 +421,74 @@ async fn an_entry_purged_while_its_dlx_is_missing_is_not_forwarded_and_stops_wai
         0.0
     );
 }
+
+#[tokio::test]
+async fn an_existing_dead_letter_waits_while_the_broker_is_unreachable_and_is_forwarded_once_it_is_reachable(
+) {
+    // Arrange: a dead letter stored while forwarding was off.
+    let exchange = unique("x-fwd-port");
+    let dlx = unique("dlx-fwd-port");
+    let _port_calls = bind_queue(&exchange, "PortCall.*").await;
+    let dead = bind_queue(&dlx, "#").await;
+    let app = spawn_app_with(|s, _| s.sinks.rabbitmq = Some(rabbitmq_settings(&exchange))).await;
+    assert_eq!(
+        app.post(of_type("BunkerOrderLine", "fwd-port-1"))
+            .await
+            .status(),
+        200
+    );
+    assert!(eventually(|| async { entries(&app) == 1 }).await);
+    let dir = app.stop().await;
+
+    // Act: forwarding on, with the RabbitMQ URI on a port nothing listens on.
+    let closed = free_port();
+    let unreachable = spawn_app_on(dir.path(), |s| {
+        with_dlx(s, &exchange, &dlx, "{sink}.{reason}");
+        let sink = s.sinks.rabbitmq.as_mut().unwrap();
+        sink.uri = format!("amqp://guest:guest@127.0.0.1:{closed}/%2f").into();
+    })
+    .await;
+
+    // Assert: it waits, and the attempts are counted.
+    assert!(
+        eventually(|| async {
+            unreachable
+                .metric(
+                    "dataloy_gateway_dead_letter_forward_errors_total{destination=\"rabbitmq\",kind=\"unavailable\"}",
+                )
+                .await
+                >= 2.0
+        })
+        .await
+    );
+    assert_eq!(
+        unreachable
+            .metric("dataloy_gateway_dead_letters_forward_waiting{destination=\"rabbitmq\"}")
+            .await,
+        1.0
+    );
+    // (The spool and store stay in `dir`; this app's own scratch directory goes.)
+    drop(unreachable.stop().await);
+    assert!(drain(&dead, 0, Duration::from_millis(500)).await.is_empty());
+
+    // Act: the right configuration.
+    let reachable = spawn_app_on(dir.path(), |s| {
+        with_dlx(s, &exchange, &dlx, "{sink}.{reason}")
+    })
+    .await;
+
+    // Assert: forwarded, once.
+    let got = drain(&dead, 1, Duration::from_secs(20)).await;
+    let ids: Vec<String> = got.iter().map(rabbitmq_broker::message_id).collect();
+    assert_eq!(ids, ["fwd-port-1"]);
+    assert!(
+        eventually(|| async {
+            reachable
+                .metric("dataloy_gateway_dead_letters_forward_waiting{destination=\"rabbitmq\"}")
+                .await
+                == 0.0
+        })
+        .await
+    );
+    drop(dir);
+}
