@@ -87,8 +87,10 @@ mod imp {
             let record = FutureRecord::to(&self.topic)
                 .payload(&entry.body[..])
                 .key(&key)
-                .headers(message_headers)
-                .timestamp(entry.meta.received_at_ms as i64);
+                // No explicit timestamp: the time of the forward, so the topic's time-based
+                // retention counts from when the dead letter got there, not from when the
+                // notification was received (a store forwarded late would expire at once).
+                .headers(message_headers);
             match self.producer.send(record, Timeout::Never).await {
                 Ok(_) => Ok(()),
                 Err((error, _)) => Err(describe(error, &self.topic)),
@@ -97,7 +99,7 @@ mod imp {
 
         async fn close(&self) {
             let producer = self.producer.clone();
-            // Destroying a librdkafka client can block; keep that off the async threads.
+            // Flushing blocks; keep that off the async threads.
             let _ = tokio::task::spawn_blocking(move || {
                 let _ = rdkafka::producer::Producer::flush(&producer, Duration::from_secs(2));
             })

@@ -178,6 +178,9 @@ impl Forwarder {
             }
         }
         self.destination.close().await;
+        // Destroying a librdkafka client can block; keep that off the async threads.
+        let destination = self.destination;
+        let _ = tokio::task::spawn_blocking(move || drop(destination)).await;
     }
 
     /// The entries not marked yet, oldest first; marks of entries no longer in the store are
