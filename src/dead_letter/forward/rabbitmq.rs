@@ -27,6 +27,9 @@ use crate::sink::rabbitmq::{client_tls, headers, open_connection, short_string, 
 use crate::sink::SinkError;
 use crate::tls::ClientTls;
 
+/// How often the channel's state is looked at while a confirm is awaited.
+const CLOSED_POLL: Duration = Duration::from_millis(100);
+
 pub struct RabbitMqDestination {
     uri: SecretString,
     tls: Option<ClientTls>,
@@ -83,6 +86,48 @@ impl RabbitMqDestination {
             .with_type(kind)
             .with_headers(table))
     }
+
+    /// What the broker's answer (or its absence within the confirm timeout) means.
+    fn outcome(
+        &self,
+        confirmed: Result<Result<Confirmation, lapin::Error>, tokio::time::error::Elapsed>,
+        routing_key: &str,
+    ) -> Result<(), ForwardError> {
+        let exchange = &self.exchange;
+        Err(match confirmed {
+            Ok(Ok(Confirmation::Ack(None))) => return Ok(()),
+            Ok(Ok(Confirmation::Ack(Some(_)))) => ForwardError::refused(
+                "unroutable",
+                format!(
+                    "no queue is bound to the dead-letter exchange `{exchange}` for routing key \
+                     `{routing_key}`"
+                ),
+            ),
+            Ok(Ok(Confirmation::Nack(_))) => {
+                ForwardError::Unavailable("the broker nacked the message".into())
+            }
+            Ok(Ok(Confirmation::NotRequested)) => {
+                ForwardError::Unavailable("the channel is not in confirm mode".into())
+            }
+            Ok(Err(e)) => {
+                let text = e.to_string();
+                // RabbitMQ closes the channel with PRECONDITION_FAILED "message size … is
+                // larger than configured max size …".
+                if text.contains("larger than") && text.contains("max size") {
+                    ForwardError::refused(
+                        "too_large",
+                        format!("dead-letter exchange `{exchange}`: {text}"),
+                    )
+                } else {
+                    ForwardError::Unavailable(format!("dead-letter exchange `{exchange}`: {text}"))
+                }
+            }
+            Err(_) => ForwardError::Unavailable(format!(
+                "no confirm within sinks.rabbitmq.confirm_timeout ({:?})",
+                self.confirm_timeout
+            )),
+        })
+    }
 }
 
 fn unrepresentable(error: SinkError) -> ForwardError {
@@ -121,9 +166,9 @@ impl Destination for RabbitMqDestination {
                 .map_err(|e| ForwardError::Unavailable(e.to_string()))?;
             *link = Some(connected);
         }
-        let (_, channel) = link.as_ref().expect("connected above");
+        let (connection, channel) = link.as_ref().expect("connected above");
         let exchange = &self.exchange;
-        let confirmed = tokio::time::timeout(self.confirm_timeout, async {
+        let confirm = tokio::time::timeout(self.confirm_timeout, async {
             channel
                 .basic_publish(
                     ShortString::from(exchange.as_str()),
@@ -137,41 +182,35 @@ impl Destination for RabbitMqDestination {
                 )
                 .await?
                 .await
-        })
-        .await;
-        let outcome = match confirmed {
-            Ok(Ok(Confirmation::Ack(None))) => return Ok(()),
-            Ok(Ok(Confirmation::Ack(Some(_)))) => {
-                return Err(ForwardError::refused(
-                    "unroutable",
-                    format!(
-                        "no queue is bound to the dead-letter exchange `{exchange}` for routing \
-                         key `{routing_key}`"
-                    ),
-                ))
-            }
-            Ok(Ok(Confirmation::Nack(_))) => {
-                ForwardError::Unavailable("the broker nacked the message".into())
-            }
-            Ok(Ok(Confirmation::NotRequested)) => {
-                ForwardError::Unavailable("the channel is not in confirm mode".into())
-            }
-            Ok(Err(e)) => {
-                let text = e.to_string();
-                // RabbitMQ closes the channel with PRECONDITION_FAILED "message size … is
-                // larger than configured max size …".
-                if text.contains("larger than") && text.contains("max size") {
-                    ForwardError::refused(
-                        "too_large",
-                        format!("dead-letter exchange `{exchange}`: {text}"),
-                    )
-                } else {
-                    ForwardError::Unavailable(format!("dead-letter exchange `{exchange}`: {text}"))
+        });
+        // A channel the broker closed (a missing exchange: 404) fails the confirm; should the
+        // close overtake the publish, the confirm could wait for its whole timeout: stop
+        // waiting as soon as the channel or connection is no longer open.
+        let closed = async {
+            loop {
+                tokio::time::sleep(CLOSED_POLL).await;
+                if !(connection.status().connected() && channel.status().connected()) {
+                    break;
                 }
             }
-            Err(_) => ForwardError::Unavailable(format!(
-                "no confirm within sinks.rabbitmq.confirm_timeout ({:?})",
-                self.confirm_timeout
+        };
+        let confirmed = tokio::select! {
+            biased;
+            confirmed = confirm => Some(confirmed),
+            () = closed => None,
+        };
+        let outcome = match confirmed.map(|confirmed| self.outcome(confirmed, &routing_key)) {
+            Some(Ok(())) => return Ok(()),
+            // A returned message leaves the channel open.
+            Some(Err(
+                unroutable @ ForwardError::Refused {
+                    kind: "unroutable", ..
+                },
+            )) => return Err(unroutable),
+            Some(Err(failure)) => failure,
+            None => ForwardError::Unavailable(format!(
+                "the channel closed while waiting for the confirm (does the dead-letter exchange \
+                 `{exchange}` exist?)"
             )),
         };
         // The channel may be closed (a missing exchange closes it) or stuck: start afresh.
