@@ -492,3 +492,66 @@ async fn an_existing_dead_letter_waits_while_the_broker_is_unreachable_and_is_fo
     );
     drop(dir);
 }
+
+#[tokio::test]
+async fn forwarding_to_kafka_waits_while_the_broker_is_away_and_resumes_when_it_is_back() {
+    // Arrange: Kafka on a broker of this test's own, which is stopped before the dead letter.
+    let data = tempfile::tempdir().unwrap();
+    let mut broker = kafka_broker::OwnBroker::start(data.path());
+    let brokers = broker.address();
+    let dlt = unique("dlt-fwd-away");
+    let exchange = unique("x-fwd-away");
+    let _port_calls = bind_queue(&exchange, "PortCall.*").await;
+    let app = spawn_app_with(|s, _| {
+        s.sinks.file = None;
+        s.sinks.kafka = Some(dataloy_gateway::config::KafkaSinkSettings {
+            // Each attempt while the broker is away fails after this.
+            message_timeout: Duration::from_secs(1),
+            ..kafka_settings(&brokers, &unique("t-fwd-away"))
+        });
+        s.sinks.rabbitmq = Some(rabbitmq_settings(&exchange));
+        s.dead_letters.forward = DeadLetterForwardSettings {
+            kafka: Some(KafkaForwardSettings { topic: dlt.clone() }),
+            retry_initial_backoff: Duration::from_millis(50),
+            retry_max_backoff: Duration::from_millis(300),
+            ..DeadLetterForwardSettings::default()
+        };
+    })
+    .await;
+    broker.stop();
+
+    // Act: a dead letter while the broker is away.
+    assert_eq!(
+        app.post(of_type("BunkerOrderLine", "fwd-away-1"))
+            .await
+            .status(),
+        200
+    );
+
+    // Assert: it waits, retried again and again (never given up), each attempt counted.
+    assert!(
+        eventually(|| async {
+            app.metric(
+                "dataloy_gateway_dead_letter_forward_errors_total{destination=\"kafka\",kind=\"unavailable\"}",
+            )
+            .await
+                >= 4.0
+        })
+        .await,
+        "failed attempts, retried"
+    );
+    assert_eq!(
+        app.metric("dataloy_gateway_dead_letters_forward_waiting{destination=\"kafka\"}")
+            .await,
+        1.0
+    );
+
+    // Act: the broker comes back (empty: tansu keeps its data in memory) with the topic.
+    broker.restart();
+    create_topic(&brokers, &dlt, 1).await;
+
+    // Assert: forwarded.
+    let got = kafka_broker::consume(&brokers, &dlt, 1, 1, Duration::from_secs(60)).await;
+    let ids: Vec<String> = got.iter().map(kafka_broker::message_id).collect();
+    assert_eq!(ids, ["fwd-away-1"]);
+}
