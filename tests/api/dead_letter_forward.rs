@@ -242,6 +242,30 @@ async fn an_entry_the_dlx_cannot_route_is_set_aside_and_the_next_one_is_forwarde
         0.0
     );
     assert_eq!(entries(&app), 2, "both stay in the local store");
+
+    // The operator's listing says what became of each, oldest first.
+    let config = crate::dead_letters_cli::write_config(
+        app.dir.path(),
+        &app.dir.path().join("spool"),
+        &app.events_path,
+        &exchange,
+        "",
+    );
+    let listing = crate::dead_letters_cli::json(&config, &["dead-letters", "list", "--json"]);
+    let forward: Vec<String> = listing["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| format!("{} {}", e["id"], e["forward"]["rabbitmq"]))
+        .collect();
+    assert_eq!(
+        forward,
+        [
+            "\"fwd-refuse-1\" \"refused\"",
+            "\"fwd-refuse-2\" \"forwarded\""
+        ],
+        "{listing}"
+    );
 }
 
 #[tokio::test]

@@ -21,7 +21,8 @@ const REFUSED: &str = ".refused";
 const TEMP: &str = ".tmp";
 
 /// What became of an entry at one destination.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Mark {
     /// The broker confirmed it.
     Forwarded,
@@ -30,6 +31,13 @@ pub enum Mark {
 }
 
 impl Mark {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mark::Forwarded => "forwarded",
+            Mark::Refused => "refused",
+        }
+    }
+
     fn suffix(self) -> &'static str {
         match self {
             Mark::Forwarded => FORWARDED,
@@ -57,10 +65,23 @@ impl Marks {
         Ok(Self { dir })
     }
 
-    /// Every mark, by entry name.
+    /// The marks of `destination` for reading only (an operator's command beside a running
+    /// gateway): nothing is created or cleaned up; no directory means no marks.
+    pub fn inspect(store_dir: &Path, destination: &str) -> Self {
+        Self {
+            dir: store_dir.join(MARKS_DIR).join(destination),
+        }
+    }
+
+    /// Every mark, by entry name (none when the directory does not exist).
     pub fn load(&self) -> io::Result<HashMap<String, Mark>> {
         let mut marks = HashMap::new();
-        for entry in fs::read_dir(&self.dir)? {
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(marks),
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
             let file = entry?.file_name();
             let file = file.to_string_lossy();
             if let Some(name) = file.strip_suffix(FORWARDED) {

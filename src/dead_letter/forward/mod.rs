@@ -76,6 +76,9 @@ pub(crate) fn notification_of(entry: &DeadLetter) -> Result<Notification, Forwar
     })
 }
 
+/// Every destination's name, as the marks' directories are named.
+pub const DESTINATIONS: [&str; 2] = ["kafka", "rabbitmq"];
+
 /// Starts a forwarder per configured destination; they stop when `stop` turns true.
 pub fn start(
     settings: &Settings,
