@@ -14,11 +14,15 @@ use crate::sink::template::Template;
 
 mod cloudevents;
 mod dataloy;
+mod dead_letter_forward;
 mod log;
 mod tls;
 mod traces;
 pub use cloudevents::{parse_time_zone, CloudEventsSettings, MAX_ATTRIBUTE_LEN};
 pub use dataloy::{DataloySettings, ExtraMembers, SubscriptionSettings, MANAGED_MEMBERS};
+pub use dead_letter_forward::{
+    DeadLetterForwardSettings, KafkaForwardSettings, RabbitMqForwardSettings,
+};
 pub use log::{LogFormat, LogSettings};
 pub use tls::{ListenerTlsSettings, TlsSettings};
 pub use traces::{OtlpSettings, TracingSettings};
@@ -147,6 +151,9 @@ pub struct DeadLetterSettings {
     /// Bound on the store's size; when full, a refused notification is retried instead (it
     /// holds its sink back; alert `DataloyGatewayDeadLettersStoreFull`).
     pub max_bytes: ByteSize,
+    /// Copies of every entry on the operators' brokers: `[dead_letters.forward.kafka]`,
+    /// `[dead_letters.forward.rabbitmq]` (none by default).
+    pub forward: DeadLetterForwardSettings,
 }
 
 impl Default for DeadLetterSettings {
@@ -154,6 +161,7 @@ impl Default for DeadLetterSettings {
         Self {
             dir: None,
             max_bytes: ByteSize(256 * 1024 * 1024),
+            forward: DeadLetterForwardSettings::default(),
         }
     }
 }
@@ -902,6 +910,7 @@ impl Settings {
         for (name, source) in &self.sources.websocket {
             validate_websocket(name, source)?;
         }
+        self.dead_letters.forward.validate(&self.sinks)?;
         dataloy::validate(self.dataloy.as_ref(), &self.subscriptions)?;
         self.log.validate()?;
         self.tracing.validate()?;

@@ -15,7 +15,8 @@
 //! - [`id_journal`]: the accepted ids, written in the spool's group commits, from which the
 //!   memory dedup table is rebuilt at start-up.
 //! - [`relay`]: spool to sinks, in order, with retries; refusals for good to dead letters.
-//! - [`dead_letter`]: the durable store of notifications a sink refused for good.
+//! - [`dead_letter`]: the durable store of notifications a sink refused for good, and its
+//!   forwarders to a Kafka dead-letter topic / RabbitMQ dead-letter exchange.
 //! - [`sink`]: the `Sink` trait, routing templates and the sinks themselves.
 //! - [`websocket`]: the gateway as Dataloy's WebSocket client, a second source.
 //! - [`subscriptions`]: the keeper that makes Dataloy's webhook subscriptions match the

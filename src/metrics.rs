@@ -1,6 +1,7 @@
 //! One Prometheus registry for the whole gateway and typed recording methods, so every outcome
 //! is logged and counted in one place with the same low-cardinality labels.
 
+pub mod dead_letter_forward;
 pub mod delivery;
 mod id_journal;
 mod series;
@@ -135,6 +136,7 @@ pub struct Metrics {
     pub dedup_commit_errors: IntCounter,
     pub dedup_lease_lost: IntCounter,
     pub delivery: delivery::DeliveryMetrics,
+    pub dead_letter_forward: dead_letter_forward::ForwardMetrics,
     pub id_journal: IdJournalMetrics,
     subscriptions: SubscriptionSeries,
 }
@@ -433,6 +435,7 @@ impl Metrics {
             dedup_commit_errors,
             dedup_lease_lost,
             delivery: delivery::DeliveryMetrics::new(&registry),
+            dead_letter_forward: dead_letter_forward::ForwardMetrics::new(&registry),
             id_journal: IdJournalMetrics::new(&registry),
             registry,
             subscriptions,

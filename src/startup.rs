@@ -22,7 +22,7 @@ use tokio::time::{timeout, timeout_at, Instant};
 
 use crate::auth::Authenticator;
 use crate::config::Settings;
-use crate::dead_letter::DeadLetterStore;
+use crate::dead_letter::{self, DeadLetterStore};
 use crate::dedup::{self, MemoryDedup};
 use crate::descriptors;
 use crate::id_journal;
@@ -57,6 +57,9 @@ pub struct Application {
     stop_sources: watch::Sender<bool>,
     keeper: Option<tokio::task::JoinHandle<()>>,
     stop_keeper: watch::Sender<bool>,
+    /// The dead-letter forwarders (`[dead_letters.forward.*]`), one per destination.
+    forwarders: Vec<tokio::task::JoinHandle<()>>,
+    stop_forwarders: watch::Sender<bool>,
     stop_requested: watch::Sender<bool>,
     shutting_down: Arc<AtomicBool>,
     /// The listeners with TLS, whose certificates SIGHUP reloads.
@@ -158,6 +161,14 @@ impl Application {
             .dead_letter_bytes
             .set(dead_letters.used_bytes() as i64);
         let dead_letters = Arc::new(dead_letters);
+        let (stop_forwarders, forwarders_stopped) = watch::channel(false);
+        let forwarders = dead_letter::forward::start(
+            &settings,
+            dead_letters.clone(),
+            &metrics.dead_letter_forward,
+            forwarders_stopped,
+        )
+        .context("cannot set up dead_letters.forward")?;
         let durability = match &spool {
             Some(spool) => Durability::Spool(spool.clone()),
             None => Durability::Direct {
@@ -318,6 +329,8 @@ impl Application {
             stop_sources,
             keeper,
             stop_keeper,
+            forwarders,
+            stop_forwarders,
             stop_requested,
             shutting_down,
             listener_tls,
@@ -390,6 +403,16 @@ impl Application {
                 if timeout(INTERRUPTED_RELAY_GRACE, relay).await.is_err() {
                     tracing::error!("the relay did not stop; its last cursors may not be stored");
                 }
+            }
+        }
+        // A forward in flight is abandoned: its entry is not marked, so it goes again after the
+        // restart (at-least-once, same message id).
+        self.stop_forwarders.send_replace(true);
+        for forwarder in self.forwarders {
+            let abort = forwarder.abort_handle();
+            if timeout(SINK_CLOSE_TIMEOUT, forwarder).await.is_err() {
+                tracing::warn!("a dead-letter forwarder did not stop in time; abandoning it");
+                abort.abort();
             }
         }
         if let Some(spool) = &self.spool {

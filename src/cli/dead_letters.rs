@@ -20,6 +20,7 @@ use serde_json::value::RawValue;
 
 use super::{print, EXIT_FAILED};
 use crate::config::Settings;
+use crate::dead_letter::forward::{Mark, Marks, DESTINATIONS};
 use crate::dead_letter::{DeadLetter, DeadLetterError, DeadLetterMeta, DeadLetterStore};
 use crate::envelope::Envelope;
 use crate::metrics::Metrics;
@@ -123,6 +124,10 @@ struct Listed {
     meta: Option<DeadLetterMeta>,
     #[serde(skip_serializing_if = "Option::is_none")]
     damaged: Option<String>,
+    /// What `[dead_letters.forward.*]` did with it, by destination (`forwarded`, or `refused`:
+    /// set aside); a destination not named has not dealt with it (yet).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    forward: BTreeMap<&'static str, Mark>,
 }
 
 #[derive(Serialize)]
@@ -138,15 +143,30 @@ fn list(store: &DeadLetterStore, sink: Option<&str>, json: bool) -> ExitCode {
         Ok(names) => names,
         Err(e) => return failed("dead-letters list", &e.to_string()),
     };
+    let mut marks = Vec::new();
+    for destination in DESTINATIONS {
+        match Marks::inspect(store.dir(), destination).load() {
+            Ok(loaded) => marks.push((destination, loaded)),
+            Err(e) => return failed("dead-letters list", &format!("forward marks: {e}")),
+        }
+    }
+    let forward_of = |name: &str| {
+        marks
+            .iter()
+            .filter_map(|(destination, loaded)| loaded.get(name).map(|m| (*destination, *m)))
+            .collect()
+    };
     let entries: Vec<Listed> = names
         .into_iter()
         .map(|name| match store.read(&name) {
             Ok(entry) => Listed {
+                forward: forward_of(&name),
                 name,
                 meta: Some(entry.meta),
                 damaged: None,
             },
             Err(e) => Listed {
+                forward: forward_of(&name),
                 name,
                 meta: None,
                 damaged: Some(e.to_string()),

@@ -10,8 +10,10 @@
 //! An entry is a line of JSON metadata (with a CRC-32 of the body), a newline, then the body
 //! byte for byte. The store is bounded by `dead_letters.max_bytes`; when it is full the relay
 //! keeps retrying the notification instead (nothing is dropped) and says so in logs and metrics.
+//! [`forward`] also publishes each entry to the operators' brokers, when configured.
 
 mod entry;
+pub mod forward;
 
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, Write};
@@ -92,6 +94,8 @@ pub struct DeadLetterStore {
     used: AtomicU64,
     /// Makes names unique within this process; the time and a random part across processes.
     counter: AtomicU64,
+    /// Counts the entries this process stored, so the forwarder wakes up for a new one.
+    stored: tokio::sync::watch::Sender<u64>,
 }
 
 impl DeadLetterStore {
@@ -121,6 +125,7 @@ impl DeadLetterStore {
             max_bytes,
             used: AtomicU64::new(0),
             counter: AtomicU64::new(0),
+            stored: tokio::sync::watch::Sender::new(0),
         };
         store.recount()?;
         Ok(store)
@@ -155,6 +160,18 @@ impl DeadLetterStore {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Changes whenever this process stored an entry (entries other processes add are not seen).
+    pub fn watch_stored(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.stored.subscribe()
+    }
+
+    /// Entry names, oldest first (by name: stored-at time, then a counter).
+    pub fn names_oldest_first(&self) -> Result<Vec<String>, DeadLetterError> {
+        let mut names = self.names()?;
+        names.sort();
+        Ok(names)
     }
 
     /// Bytes the entries take.
@@ -197,6 +214,7 @@ impl DeadLetterStore {
                 source,
             })?;
         self.used.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        self.stored.send_modify(|count| *count += 1);
         Ok(name)
     }
 

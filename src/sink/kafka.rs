@@ -155,7 +155,7 @@ impl KafkaSink {
     }
 }
 
-fn client_config(settings: &KafkaSinkSettings, max_body_bytes: u64) -> ClientConfig {
+pub(crate) fn client_config(settings: &KafkaSinkSettings, max_body_bytes: u64) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", &settings.brokers)
@@ -228,7 +228,7 @@ async fn probe_broker(
 }
 
 /// A message's headers: the `dataloy-*` ones, its trace context, and the CloudEvents ones.
-fn headers(
+pub(crate) fn headers(
     notification: &Notification,
     trace: Option<&TraceContext>,
     cloudevents: Option<&CloudEvents>,
@@ -283,7 +283,7 @@ fn headers(
 }
 
 /// `headers` with `key` added, when there is a value.
-fn with(headers: OwnedHeaders, key: &str, value: Option<&str>) -> OwnedHeaders {
+pub(crate) fn with(headers: OwnedHeaders, key: &str, value: Option<&str>) -> OwnedHeaders {
     match value {
         Some(value) => headers.insert(Header {
             key,

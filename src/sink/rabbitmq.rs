@@ -44,7 +44,7 @@ use crate::trace_context::{TraceContext, TRACEPARENT, TRACEPARENT_LEN, TRACESTAT
 const SHORT_STRING_MAX: usize = 255;
 
 /// A short string, or a refusal naming the field when it is longer than AMQP can carry.
-fn short_string(field: &str, value: &str) -> Result<ShortString, SinkError> {
+pub(crate) fn short_string(field: &str, value: &str) -> Result<ShortString, SinkError> {
     if value.len() > SHORT_STRING_MAX {
         return Err(SinkError::refused(
             Reason::Unrepresentable,
@@ -58,7 +58,7 @@ fn short_string(field: &str, value: &str) -> Result<ShortString, SinkError> {
 }
 
 /// AMQP delivery mode for messages that survive a broker restart.
-const PERSISTENT: u8 = 2;
+pub(crate) const PERSISTENT: u8 = 2;
 
 pub struct RabbitMqSink {
     inner: Arc<Inner>,
@@ -115,12 +115,7 @@ impl RabbitMqSink {
         settings: &RabbitMqSinkSettings,
         metrics: Metrics,
     ) -> Result<Self, crate::tls::TlsError> {
-        let tls = if settings.uri.expose_secret().starts_with("amqps://") {
-            let tls_settings = settings.tls.clone().unwrap_or_default();
-            Some(ClientTls::new(&tls_settings, &crate::tls::RABBITMQ_KEYS)?)
-        } else {
-            None
-        };
+        let tls = client_tls(settings)?;
         let inner = Arc::new(Inner {
             settings: settings.clone(),
             routing_key: Template::parse(&settings.routing_key).expect("validated at load"),
@@ -189,38 +184,8 @@ impl Inner {
     }
 
     async fn connect(&self) -> Result<Link, lapin::Error> {
-        let uri = self.settings.uri.expose_secret();
-        let connection = match &self.tls {
-            None => Connection::connect(uri, ConnectionProperties::default()).await?,
-            Some(tls) => {
-                // Validated at load; the parser's message is not repeated (it may quote the URI).
-                let uri: AMQPUri = uri.parse().map_err(|_| {
-                    std::io::Error::new(
-                        std::io::ErrorKind::InvalidInput,
-                        "sinks.rabbitmq.uri is not a valid AMQP URI",
-                    )
-                })?;
-                let tls = tls.clone();
-                Connection::connector(
-                    uri,
-                    lapin::runtime::default_runtime()?,
-                    async move |uri: AMQPUri, runtime| {
-                        // TCP as for amqp://, then the handshake with the gateway's own TLS
-                        // configuration ([sinks.rabbitmq.tls]).
-                        let name = tls.server_name_text(&uri.authority.host);
-                        let mut plain = uri;
-                        plain.scheme = AMQPScheme::AMQP;
-                        let stream = plain
-                            .connect_with_config_async(TLSConfig::default(), &runtime)
-                            .await?;
-                        let connector = RustlsConnector::from(tls.config());
-                        Ok(stream.into_rustls(&connector, &name).await?)
-                    },
-                    ConnectionProperties::default(),
-                )
-                .await?
-            }
-        };
+        let connection =
+            open_connection(self.settings.uri.expose_secret(), self.tls.as_ref()).await?;
         let channel = connection.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
@@ -299,8 +264,62 @@ impl Inner {
     }
 }
 
+/// The TLS configuration for `settings.uri`: `Some` for `amqps://` (`[sinks.rabbitmq.tls]`, or
+/// the public roots when absent).
+pub(crate) fn client_tls(
+    settings: &RabbitMqSinkSettings,
+) -> Result<Option<ClientTls>, crate::tls::TlsError> {
+    if settings.uri.expose_secret().starts_with("amqps://") {
+        let tls_settings = settings.tls.clone().unwrap_or_default();
+        Ok(Some(ClientTls::new(
+            &tls_settings,
+            &crate::tls::RABBITMQ_KEYS,
+        )?))
+    } else {
+        Ok(None)
+    }
+}
+
+/// Opens a connection to `uri`, over TLS with `tls` (for `amqps://`).
+pub(crate) async fn open_connection(
+    uri: &str,
+    tls: Option<&ClientTls>,
+) -> Result<Connection, lapin::Error> {
+    Ok(match tls {
+        None => Connection::connect(uri, ConnectionProperties::default()).await?,
+        Some(tls) => {
+            // Validated at load; the parser's message is not repeated (it may quote the URI).
+            let uri: AMQPUri = uri.parse().map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "sinks.rabbitmq.uri is not a valid AMQP URI",
+                )
+            })?;
+            let tls = tls.clone();
+            Connection::connector(
+                uri,
+                lapin::runtime::default_runtime()?,
+                async move |uri: AMQPUri, runtime| {
+                    // TCP as for amqp://, then the handshake with the gateway's own TLS
+                    // configuration ([sinks.rabbitmq.tls]).
+                    let name = tls.server_name_text(&uri.authority.host);
+                    let mut plain = uri;
+                    plain.scheme = AMQPScheme::AMQP;
+                    let stream = plain
+                        .connect_with_config_async(TLSConfig::default(), &runtime)
+                        .await?;
+                    let connector = RustlsConnector::from(tls.config());
+                    Ok(stream.into_rustls(&connector, &name).await?)
+                },
+                ConnectionProperties::default(),
+            )
+            .await?
+        }
+    })
+}
+
 /// A message's headers: the `dataloy-*` ones, its trace context, and the CloudEvents ones.
-fn headers(
+pub(crate) fn headers(
     notification: &Notification,
     trace: Option<&TraceContext>,
     cloudevents: Option<&CloudEvents>,

@@ -162,7 +162,7 @@ async fn after_a_queue_is_bound_replay_delivers_the_dead_letter_once_and_to_that
         .is_empty());
 }
 
-struct Gateway(Child);
+pub(crate) struct Gateway(pub(crate) Child);
 
 impl Drop for Gateway {
     fn drop(&mut self) {
@@ -172,7 +172,7 @@ impl Drop for Gateway {
 }
 
 /// Starts the binary on `config`; returns it and its notification port (from its JSON log).
-fn start(config: &Path) -> (Gateway, u16) {
+pub(crate) fn start(config: &Path) -> (Gateway, u16) {
     let mut child = Command::new(binary())
         .arg("--config")
         .arg(config)

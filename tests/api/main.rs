@@ -6,6 +6,7 @@ mod cloudevents;
 mod codec_properties;
 mod config;
 mod crash;
+mod dead_letter_forward;
 mod dead_letters_cli;
 mod dedup;
 mod descriptors;
