@@ -48,10 +48,52 @@ pub fn action(event_type: EventType) -> &'static str {
     }
 }
 
+/// A piece of a template with placeholders: literal text or one of the fields `F` names.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Part {
+pub(crate) enum Piece<F> {
     Literal(String),
-    Field(Field),
+    Field(F),
+}
+
+type Part = Piece<Field>;
+
+/// Why a template's text cannot be split into pieces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PlaceholderError {
+    /// A `{` without its `}`.
+    Unclosed,
+    /// A placeholder none of the known fields is named like.
+    Unknown(String),
+}
+
+/// Splits `text` into literal pieces and `{name}` placeholders, each name looked up in `known`:
+/// the one parser of every routing template the gateway has (the sinks' keys and topics, the
+/// dead-letter forwarder's routing key).
+pub(crate) fn split_placeholders<F: Copy>(
+    text: &str,
+    known: &[(&str, F)],
+) -> Result<Vec<Piece<F>>, PlaceholderError> {
+    let mut pieces = Vec::new();
+    let mut rest = text;
+    while let Some(open) = rest.find('{') {
+        if open > 0 {
+            pieces.push(Piece::Literal(rest[..open].to_owned()));
+        }
+        let after = &rest[open + 1..];
+        let close = after.find('}').ok_or(PlaceholderError::Unclosed)?;
+        let name = &after[..close];
+        let field = known
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, f)| *f)
+            .ok_or_else(|| PlaceholderError::Unknown(name.to_owned()))?;
+        pieces.push(Piece::Field(field));
+        rest = &after[close + 1..];
+    }
+    if !rest.is_empty() {
+        pieces.push(Piece::Literal(rest.to_owned()));
+    }
+    Ok(pieces)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,26 +111,10 @@ pub enum TemplateError {
 
 impl Template {
     pub fn parse(text: &str) -> Result<Template, TemplateError> {
-        let mut parts = Vec::new();
-        let mut rest = text;
-        while let Some(open) = rest.find('{') {
-            if open > 0 {
-                parts.push(Part::Literal(rest[..open].to_owned()));
-            }
-            let after = &rest[open + 1..];
-            let close = after.find('}').ok_or(TemplateError::Unclosed)?;
-            let name = &after[..close];
-            let field = Field::ALL
-                .iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, f)| *f)
-                .ok_or_else(|| TemplateError::UnknownField(name.to_owned()))?;
-            parts.push(Part::Field(field));
-            rest = &after[close + 1..];
-        }
-        if !rest.is_empty() {
-            parts.push(Part::Literal(rest.to_owned()));
-        }
+        let parts = split_placeholders(text, &Field::ALL).map_err(|e| match e {
+            PlaceholderError::Unclosed => TemplateError::Unclosed,
+            PlaceholderError::Unknown(name) => TemplateError::UnknownField(name),
+        })?;
         Ok(Template { parts })
     }
 

@@ -10,6 +10,7 @@
 use chrono::{DateTime, SecondsFormat};
 
 use super::super::DeadLetterMeta;
+use crate::sink::template::{split_placeholders, Piece, PlaceholderError};
 
 /// Most bytes of the broker's error text in the `dataloy-dead-letter-error` header.
 pub const ERROR_HEADER_MAX: usize = 1024;
@@ -78,11 +79,7 @@ const FIELDS: [(&str, Field); 4] = [
     ("eventType", Field::EventType),
 ];
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Part {
-    Literal(String),
-    Field(Field),
-}
+type Part = Piece<Field>;
 
 /// `dead_letters.forward.rabbitmq.routing_key`, e.g. `{sink}.{reason}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,31 +89,13 @@ pub struct RoutingKey {
 
 impl RoutingKey {
     pub fn parse(text: &str) -> Result<Self, String> {
-        let mut parts = Vec::new();
-        let mut rest = text;
-        while let Some(open) = rest.find('{') {
-            if open > 0 {
-                parts.push(Part::Literal(rest[..open].to_owned()));
-            }
-            let after = &rest[open + 1..];
-            let close = after.find('}').ok_or("has an unclosed `{`")?;
-            let name = &after[..close];
-            let field = FIELDS
-                .iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, f)| *f)
-                .ok_or_else(|| {
-                    format!(
-                        "has an unknown placeholder `{{{name}}}`; known: {{sink}}, {{reason}}, \
-                         {{objectType}}, {{eventType}}"
-                    )
-                })?;
-            parts.push(Part::Field(field));
-            rest = &after[close + 1..];
-        }
-        if !rest.is_empty() {
-            parts.push(Part::Literal(rest.to_owned()));
-        }
+        let parts = split_placeholders(text, &FIELDS).map_err(|e| match e {
+            PlaceholderError::Unclosed => "has an unclosed `{`".to_owned(),
+            PlaceholderError::Unknown(name) => format!(
+                "has an unknown placeholder `{{{name}}}`; known: {{sink}}, {{reason}}, \
+                 {{objectType}}, {{eventType}}"
+            ),
+        })?;
         Ok(Self { parts })
     }
 
