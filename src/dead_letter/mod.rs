@@ -167,6 +167,11 @@ impl DeadLetterStore {
         self.stored.subscribe()
     }
 
+    /// How many entries this process stored so far (what [`Self::watch_stored`] counts).
+    pub fn stored_count(&self) -> u64 {
+        *self.stored.borrow()
+    }
+
     /// Entry names, oldest first (by name: stored-at time, then a counter).
     pub fn names_oldest_first(&self) -> Result<Vec<String>, DeadLetterError> {
         let mut names = self.names()?;

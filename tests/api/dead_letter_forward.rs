@@ -178,14 +178,32 @@ async fn forwarding_waits_for_a_dlx_that_does_not_exist_yet_without_holding_the_
         0.0
     );
 
+    // Act: two more dead letters while the first is still being retried.
+    for id in ["fwd-wait-3", "fwd-wait-4"] {
+        assert_eq!(app.post(of_type("BunkerOrderLine", id)).await.status(), 200);
+    }
+
+    // Assert: the gauge counts them too (it stayed at the scan's count before).
+    assert!(
+        eventually(|| async {
+            app.metric("dataloy_gateway_dead_letters_forward_waiting{destination=\"rabbitmq\"}")
+                .await
+                == 3.0
+        })
+        .await,
+        "entries stored while one is retried are waiting"
+    );
+
     // Act: the operator declares the DLX and binds a queue.
     let dead = bind_queue(&dlx, "#").await;
 
-    // Assert: forwarded, once.
-    let got = drain(&dead, 1, Duration::from_secs(20)).await;
-    assert_eq!(got.len(), 1);
+    // Assert: forwarded, once each, oldest first.
+    let got = drain(&dead, 3, Duration::from_secs(20)).await;
+    assert_eq!(got.len(), 3);
     assert_eq!(got[0].delivery.data, body);
     assert_eq!(rabbitmq_broker::message_id(&got[0]), "fwd-wait-1");
+    assert_eq!(rabbitmq_broker::message_id(&got[1]), "fwd-wait-3");
+    assert_eq!(rabbitmq_broker::message_id(&got[2]), "fwd-wait-4");
     assert!(
         eventually(|| async {
             app.metric("dataloy_gateway_dead_letters_forward_waiting{destination=\"rabbitmq\"}")

@@ -133,6 +133,13 @@ struct Forwarder {
     unmarked: Arc<parking_lot::Mutex<HashMap<String, (Mark, String)>>>,
 }
 
+/// What the waiting gauge counts: the entries of the current scan's list not settled yet, and
+/// the store's count of entries this process stored when the scan began.
+struct Waiting {
+    in_list: usize,
+    stored_at_scan: u64,
+}
+
 /// How forwarding one entry ended.
 enum Outcome {
     /// Forwarded, refused for good, or gone from the store: on to the next.
@@ -148,8 +155,9 @@ impl Forwarder {
         let mut failed_scans = self.retry_delays();
         tracing::info!(destination = name, "forwarding dead letters");
         'scans: loop {
-            // Seen before the scan: an entry stored during it wakes the next one.
-            drop(stored.borrow_and_update());
+            // Seen before the scan: an entry stored during it wakes the next one (and counts
+            // as waiting twice until then: in the list and as stored since).
+            let stored_at_scan = *stored.borrow_and_update();
             let pending = match self.scan().await {
                 Ok(pending) => pending,
                 Err(e) => {
@@ -165,14 +173,17 @@ impl Forwarder {
                 }
             };
             failed_scans = self.retry_delays();
-            let mut waiting = pending.len();
-            self.metrics.set_waiting(name, waiting);
+            let mut waiting = Waiting {
+                in_list: pending.len(),
+                stored_at_scan,
+            };
+            self.set_waiting(&waiting);
             for entry in pending {
-                if let Outcome::Stopped = self.forward(&entry, &mut stop).await {
+                if let Outcome::Stopped = self.forward(&entry, &waiting, &mut stop).await {
                     break 'scans;
                 }
-                waiting -= 1;
-                self.metrics.set_waiting(name, waiting);
+                waiting.in_list -= 1;
+                self.set_waiting(&waiting);
             }
             tokio::select! {
                 _ = stored.changed() => {}
@@ -216,8 +227,29 @@ impl Forwarder {
         .expect("the scan does not panic")
     }
 
-    /// Forwards the entry `name` until it is settled (or the gateway stops).
-    async fn forward(&self, name: &str, stop: &mut watch::Receiver<bool>) -> Outcome {
+    /// Sets the waiting gauge: what is left of the scan's list, and what this process stored
+    /// since the scan (the next scan lists those; entries other processes wrote are counted
+    /// from then on).
+    fn set_waiting(&self, waiting: &Waiting) {
+        let stored_since = self
+            .store
+            .stored_count()
+            .saturating_sub(waiting.stored_at_scan);
+        let total = (waiting.in_list as u64).saturating_add(stored_since);
+        self.metrics.set_waiting(
+            self.destination.name(),
+            usize::try_from(total).unwrap_or(usize::MAX),
+        );
+    }
+
+    /// Forwards the entry `name` until it is settled (or the gateway stops); while it is
+    /// retried, `waiting` keeps the gauge up to date with the entries stored meanwhile.
+    async fn forward(
+        &self,
+        name: &str,
+        waiting: &Waiting,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Outcome {
         let destination = self.destination.name();
         let mut delays = self.retry_delays();
         let mut attempts = 0u64;
@@ -283,6 +315,7 @@ impl Forwarder {
                 }
                 ForwardError::Unavailable(detail) => {
                     self.metrics.failed(destination, "unavailable");
+                    self.set_waiting(waiting);
                     let wait = delays.next().unwrap_or(self.settings.retry_max_backoff);
                     if attempts == 0 {
                         tracing::warn!(destination, dead_letter = name, error = %detail, "cannot forward the dead letter; retrying with backoff");
