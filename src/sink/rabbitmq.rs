@@ -562,7 +562,7 @@ impl Sink for RabbitMqSink {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use bytes::Bytes;
     use secrecy::SecretString;
 
@@ -571,9 +571,21 @@ mod tests {
     use crate::envelope::{Envelope, MAX_EVENT_TIME_LEN, MAX_ID_LEN, MAX_OBJECT_TYPE_LEN};
     use crate::trace_context::{TraceParent, TraceState, MAX_TRACESTATE_LEN};
 
-    /// The smallest `frame_max` a broker may negotiate (AMQP 0-9-1, 4.2.3); a content header
-    /// frame is one frame: header (7), class, weight and body size (12), properties, end (1).
+    /// The smallest `frame_max` a broker may negotiate (AMQP 0-9-1, 4.2.3).
     const MIN_FRAME_MAX: usize = 4096;
+
+    /// Asserts that the content header frame of a message with `properties` fits the smallest
+    /// frame a broker may use: one frame of header (7), class, weight and body size (12),
+    /// properties, end (1). Shared with the dead-letter forwarder's tests.
+    pub(crate) fn assert_header_frame_fits(properties: &BasicProperties) {
+        let (encoded, _) = cookie_factory::gen(
+            lapin::protocol::basic::gen_properties(properties),
+            Vec::new(),
+        )
+        .unwrap();
+        let frame = 7 + 12 + encoded.len() + 1;
+        assert!(frame <= MIN_FRAME_MAX, "header frame of {frame} bytes");
+    }
 
     /// Every header value at the longest the gateway lets in, with CloudEvents on: the header
     /// frame still fits the smallest frame a broker may use, so no message can be one the broker
@@ -632,13 +644,7 @@ mod tests {
         );
         assert_eq!(value("cloudEvents_tracestate"), value("tracestate"));
 
-        let (encoded, _) = cookie_factory::gen(
-            lapin::protocol::basic::gen_properties(&properties),
-            Vec::new(),
-        )
-        .unwrap();
-        let frame = 7 + 12 + encoded.len() + 1;
-        assert!(frame <= MIN_FRAME_MAX, "header frame of {frame} bytes");
+        assert_header_frame_fits(&properties);
         sink.close(std::time::Duration::from_millis(10)).await;
     }
 }
