@@ -292,8 +292,8 @@ impl Metrics {
             "spool_sync_duration_seconds",
             "Time of the spool's durable writes: `append` is one group commit (write + fdatasync), \
              `acknowledge` one cursor store (fsynced at most every 100 ms) with the retiring of \
-             finished segments, `id_journal` the id journal's write + fdatasync of a group's ids \
-             (beside its `append`).",
+             finished segments, `id_journal` the id journal's fdatasync (before a segment is \
+             retired or a journal file rotates).",
             &["operation"],
         );
         let dedup_entries = int_gauge("dedup_entries", "Ids held by the memory dedup backend.");

@@ -1,16 +1,19 @@
 //! The id journal: what lets the memory dedup backend survive a restart. Every id the gateway
 //! accepts is written here, with its accept time and its spool sequence number, in the same
 //! group commit as its spool record: the spool writer hands a group's ids over before it writes
-//! the group, and answers only once both fsyncs are done. So after a graceful stop, a SIGKILL or
-//! a power loss, every id answered 200 is in the journal, and at start-up the memory table is
-//! rebuilt from it: the ids still within `dedup.ttl`, each for what is left of its TTL.
+//! the group, and answers only once both are written. The journal's write is made durable later
+//! (see `writer`): until the spool retires the segment holding a record, the record itself holds
+//! the id, and the spool has the journal fdatasync before it retires any. So after a graceful
+//! stop, a SIGKILL or a power loss, every id answered 200 is in the journal or in a spool record,
+//! and at start-up the memory table is rebuilt from both: the ids still within `dedup.ttl`, each
+//! for what is left of its TTL.
 //!
 //! The journal lives beside the spool's segments (`spool.dir/ids/`) but is a file set of its
 //! own, in its own format (see `entry`): records are relayed and recycled at the sinks' pace,
 //! ids are kept for the TTL. Ids whose records the spool holds but the journal lacks (a crash
-//! between the two fsyncs) are written again from the spool at start-up, and entries whose
-//! records never became durable are cut (see `recovery`). With the Redis backend the journal is
-//! not written: Redis remembers.
+//! before the journal's fdatasync) are written again from the spool at start-up, and entries
+//! whose records never became durable are cut (see `recovery`). With the Redis backend the
+//! journal is not written: Redis remembers.
 
 mod entry;
 mod files;
@@ -19,12 +22,13 @@ mod writer;
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub use entry::Entry;
-pub use recovery::{Dropped, Limits};
+pub use recovery::{Dropped, Incomplete, Limits};
+pub use writer::Durability;
 
 use crate::dedup::IdKey;
 use crate::metrics::Metrics;
@@ -47,9 +51,22 @@ pub struct RecoveredJournal {
     writer: JournalWriter,
     /// Highest sequence number the journal holds an entry for.
     pub last_seq: u64,
+    /// The newest file, when a crash left it without some of its entries.
+    pub incomplete: Option<Incomplete>,
     limits: Limits,
     remembered: u64,
     started: Instant,
+}
+
+/// The first sequence number in the name of the newest journal file of the spool in
+/// `spool_dir`, if there is one. Entries of records before it are durable (the journal fsyncs a
+/// file before it starts the next); the newest file may lack some after a crash.
+pub fn newest_file_name(spool_dir: &Path) -> io::Result<Option<u64>> {
+    match files::list(&dir_in(spool_dir)) {
+        Ok(listed) => Ok(listed.last().map(|(name, _)| *name)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// About how many ids the journal of the spool in `spool_dir` holds (from its files' sizes,
@@ -87,8 +104,16 @@ pub fn recover(
         &metrics.id_journal,
     )?;
     Ok(RecoveredJournal {
-        writer: JournalWriter::new(&dir, limits, recovered.files, metrics.clone()),
+        writer: JournalWriter::new(
+            &dir,
+            limits,
+            recovered.files,
+            recovered.newest_name,
+            recovered.last_seq,
+            metrics.clone(),
+        ),
         last_seq: recovered.last_seq,
+        incomplete: recovered.incomplete,
         limits,
         remembered: recovered.remembered,
         started,
@@ -124,10 +149,10 @@ pub fn cut_unconfirmed(
 }
 
 impl RecoveredJournal {
-    /// Starts writing: first `missing` (entries for durable records the journal lacked, in
-    /// sequence order; each still within the TTL goes to `remember` too), then the groups the
-    /// spool writer hands over, in a new file for entries from `first_seq` on (or from the first
-    /// missing one).
+    /// Starts writing, in a new file named after `first_seq`: first the entries of the
+    /// incomplete newest file and `missing` (entries for durable records the journal lacked; each
+    /// still within the TTL goes to `remember` too), merged in sequence order and made durable,
+    /// after which the incomplete file is deleted; then the groups the spool writer hands over.
     pub fn start(
         mut self,
         first_seq: u64,
@@ -143,12 +168,22 @@ impl RecoveredJournal {
                 self.remembered += 1;
             }
         }
-        if missing.is_empty() {
-            self.writer.start_file(first_seq)?;
-        } else {
-            for group in missing.chunks(4096) {
-                self.writer.commit(group)?;
-            }
+        let rewritten = missing.len();
+        let mut entries = missing;
+        let incomplete = self.incomplete.take();
+        if let Some(incomplete) = &incomplete {
+            entries.extend_from_slice(&incomplete.entries);
+            entries.sort_unstable_by_key(|e| e.seq);
+            entries.dedup_by_key(|e| e.seq);
+        }
+        self.writer.start_file(first_seq)?;
+        for group in entries.chunks(4096) {
+            self.writer.commit(group)?;
+        }
+        self.writer.sync();
+        if let Some(incomplete) = incomplete {
+            std::fs::remove_file(&incomplete.path)?;
+            files::sync_dir(&dir_of(&incomplete.path))?;
         }
         self.writer
             .metrics()
@@ -157,18 +192,20 @@ impl RecoveredJournal {
             .set(i64::try_from(self.remembered).unwrap_or(i64::MAX));
         tracing::info!(
             remembered = self.remembered,
-            rewritten_from_spool = missing.len(),
+            rewritten_from_spool = rewritten,
             elapsed_ms = self.started.elapsed().as_millis() as u64,
             "dedup table rebuilt from the id journal"
         );
         let (jobs, queue) = mpsc::channel();
         let (done, results) = mpsc::sync_channel(1);
+        let durability = self.writer.durability();
         let writer = self.writer;
         let thread = std::thread::Builder::new()
             .name("id-journal".into())
             .spawn(move || writer.run(queue, done))?;
         Ok(Journal {
             running: Some(Running {
+                durability,
                 jobs,
                 results,
                 staged: Vec::new(),
@@ -180,6 +217,33 @@ impl RecoveredJournal {
     }
 }
 
+fn dir_of(path: &Path) -> PathBuf {
+    path.parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_owned)
+}
+
+/// Asks the journal's thread to make what it wrote durable: the spool does before it retires
+/// segments (see `writer`). Usable from any thread.
+pub struct Syncer {
+    jobs: mpsc::Sender<Job>,
+    durability: Arc<Durability>,
+}
+
+impl Syncer {
+    /// fdatasyncs the journal and returns the sequence number it is durable through: every
+    /// entry for a record up to it is on disk. When the journal cannot sync (its thread has
+    /// stopped, an fdatasync failed), the number stays where it was.
+    pub fn make_durable(&self) -> u64 {
+        let (reply, answer) = mpsc::sync_channel(1);
+        if self.jobs.send(Job::Sync(reply)).is_ok() {
+            if let Ok(synced) = answer.recv() {
+                return synced;
+            }
+        }
+        self.durability.synced_seq()
+    }
+}
+
 /// The spool writer's handle on the journal: it stages the ids of a group commit as it encodes
 /// their records, starts the journal's write before its own, and waits for both. A disabled
 /// journal does nothing.
@@ -188,6 +252,7 @@ pub struct Journal {
 }
 
 struct Running {
+    durability: Arc<Durability>,
     jobs: mpsc::Sender<Job>,
     results: mpsc::Receiver<(io::Result<()>, Vec<Entry>)>,
     /// Entries of the group being assembled; the buffer comes back with each result.
@@ -202,6 +267,14 @@ impl Journal {
     /// No journal: every call does nothing.
     pub fn disabled() -> Journal {
         Journal { running: None }
+    }
+
+    /// A handle for making the journal durable from another thread (none when disabled).
+    pub fn syncer(&self) -> Option<Syncer> {
+        self.running.as_ref().map(|running| Syncer {
+            jobs: running.jobs.clone(),
+            durability: running.durability.clone(),
+        })
     }
 
     /// Adds the id of the record `seq` to the group being assembled.
@@ -269,9 +342,9 @@ impl Journal {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        // Closing the queue ends the thread after the job it is on.
-        let (closed, _) = mpsc::channel();
-        self.jobs = closed;
+        // Ends the thread after the jobs queued before (it syncs before it ends); `Syncer`s
+        // elsewhere keep the queue open, so closing it would not.
+        let _ = self.jobs.send(Job::Stop);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }

@@ -1,25 +1,32 @@
 //! Reading the journal back at start-up: what it may remember, and what is cut.
 //!
-//! An entry counts only if its spool record was made durable too: the two are fsynced side by
-//! side, so a crash between the two fsyncs can leave entries whose records are not in the spool
-//! (those notifications were never answered 200, and their retries must be accepted). Such
-//! entries have sequence numbers past the spool's last durable one, so they end the journal:
-//! they and everything after them are cut off, and the numbers are free for new records.
+//! An entry counts only if its spool record was made durable too: the journal is written beside
+//! the spool, so a crash can leave entries whose records are not in the spool (those
+//! notifications were never answered 200, and their retries must be accepted). Such entries
+//! have sequence numbers past the spool's last durable one, so they end the journal: they and
+//! everything after them are cut off, and the numbers are free for new records.
 //!
-//! Anything else that is not a valid entry never stops the start: a torn tail (a write the
-//! crash interrupted) is cut off, an entry that fails its checksum is skipped (the ones after it
-//! are kept: entries are of one size), a file without a valid header is deleted. Each is logged
-//! and counted in `dataloy_gateway_dedup_journal_recovery_dropped_bytes_total{reason}`. Losing
-//! an entry only forgets an id, so its retry can be published again; it never loses a
-//! notification. Files whose ids have all expired, or that only hold ids older than the newest
-//! `dedup.max_entries`, are deleted.
+//! Only the newest file can lack entries after a crash (the journal fsyncs a file before it
+//! starts the next, see `writer`), and the records of what it lacks are still in the spool. An
+//! invalid end is cut off (the spool writes again the entries after the last valid one). When
+//! valid entries follow invalid ones, the file is returned as [`Incomplete`]: the spool writes
+//! its valid entries and those it lacks into a new file, then deletes it. In the newest file,
+//! invalid bytes count as `torn`.
+//!
+//! Anything else that is not a valid entry never stops the start: an entry of an older file that
+//! fails its checksum is skipped (the ones after it are kept: entries are of one size), a file
+//! without a valid header is deleted. Each is logged and counted in
+//! `dataloy_gateway_dedup_journal_recovery_dropped_bytes_total{reason}`. Losing an entry only
+//! forgets an id, so its retry can be published again; it never loses a notification. Files
+//! whose ids have all expired, or that only hold ids older than the newest `dedup.max_entries`,
+//! are deleted.
 
 use std::fs;
 use std::io;
 use std::path::Path;
 use std::time::Duration;
 
-use super::entry::{self, ENTRY_LEN, HEADER_LEN};
+use super::entry::{self, Entry, ENTRY_LEN, HEADER_LEN};
 use super::files::{self, FileStats};
 use crate::dedup::IdKey;
 use crate::metrics::IdJournalMetrics;
@@ -64,6 +71,20 @@ pub struct Recovered {
     pub last_seq: u64,
     /// Ids handed to `remember` (within the TTL).
     pub remembered: u64,
+    /// Name (first sequence number) of the newest file listed, kept or not; 0 when none.
+    pub newest_name: u64,
+    /// The newest file, when some of its entries are missing or invalid (not in `files`).
+    pub incomplete: Option<Incomplete>,
+}
+
+/// The newest journal file when a crash left it without some of its entries: every record from
+/// `from_seq` on whose seq is not among `entries` may lack its entry.
+#[derive(Debug)]
+pub struct Incomplete {
+    pub path: std::path::PathBuf,
+    pub from_seq: u64,
+    /// Its valid entries (within the spool's durable end), in file order.
+    pub entries: Vec<Entry>,
 }
 
 /// Which entries recovery hands on and which files it keeps.
@@ -89,7 +110,8 @@ pub fn recover(
     let superseded = superseded_files(&listed, limits.max_entries)?;
     let mut recovered = Recovered::default();
     let mut unconfirmed_from: Option<u64> = None;
-    for (index, (_, path)) in listed.iter().enumerate() {
+    recovered.newest_name = listed.last().map_or(0, |(name, _)| *name);
+    for (index, (name, path)) in listed.iter().enumerate() {
         let newest_file = index + 1 == listed.len();
         if unconfirmed_from.is_some() {
             let len = fs::metadata(path)?.len();
@@ -117,6 +139,13 @@ pub fn recover(
                     report(metrics, path, reason, bytes.len() as u64);
                 }
                 fs::remove_file(path)?;
+                if newest_file {
+                    recovered.incomplete = Some(Incomplete {
+                        path: path.clone(),
+                        from_seq: *name,
+                        entries: Vec::new(),
+                    });
+                }
                 continue;
             }
         };
@@ -127,6 +156,14 @@ pub fn recover(
             bytes: HEADER_LEN,
         };
         let mut skipped = 0u64;
+        // In the newest file, entries a crash kept from the disk (it had not fsynced them yet).
+        let gap = if newest_file {
+            Dropped::Torn
+        } else {
+            Dropped::Corrupt
+        };
+        let mut gaps = false;
+        let mut valid = Vec::new();
         let body = &bytes[HEADER_LEN as usize..];
         for (position, chunk) in body.chunks_exact(ENTRY_LEN).enumerate() {
             let Some(entry) = entry::decode(chunk.try_into().unwrap(), generation) else {
@@ -139,8 +176,12 @@ pub fn recover(
             }
             if skipped > 0 {
                 // Damage between valid entries: skipped, and left where it is.
-                report(metrics, path, Dropped::Corrupt, skipped);
+                report(metrics, path, gap, skipped);
                 skipped = 0;
+                gaps = true;
+            }
+            if newest_file {
+                valid.push(entry);
             }
             stats.bytes = HEADER_LEN + ((position + 1) * ENTRY_LEN) as u64;
             stats.entries += 1;
@@ -173,10 +214,24 @@ pub fn recover(
                 files::truncate(path, stats.bytes)?;
             }
         }
+        if newest_file && gaps {
+            // Kept as it is until the spool has written its entries into a new file.
+            recovered.incomplete = Some(Incomplete {
+                path: path.clone(),
+                from_seq: *name,
+                entries: valid,
+            });
+            continue;
+        }
         let expired = stats.newest_ms.saturating_add(ttl_ms) <= now_ms;
         if stats.entries == 0 || expired {
             fs::remove_file(path)?;
             continue;
+        }
+        if newest_file {
+            // What a killed process wrote may be in the page cache only: make it durable before
+            // the spool retires the segments whose records hold the same ids.
+            fs::File::open(path)?.sync_data()?;
         }
         recovered.files.push(stats);
     }

@@ -1,6 +1,12 @@
 //! The journal's writer thread. The spool writer hands it the ids of each group commit before it
-//! writes the group's records, so the journal's write and fdatasync run beside the spool's (one
-//! after the other, each group would wait for two fsyncs), and waits for both before answering.
+//! writes the group's records, so the journal's write runs beside the spool's, and waits for both
+//! before answering. The journal's write is not fsynced there: a second fdatasync in every group
+//! commit cost about a tenth of the Kafka throughput (BENCHMARKS.md), and it is not needed then.
+//! While a record is in the spool, its id can be read back from it (recovery does, see
+//! `spool::open`); the journal entry must be durable only before the segment holding the record
+//! is retired. So the journal fdatasyncs when the spool asks, before it retires segments
+//! ([`Job::Sync`]), when it moves to a new file (so only the newest file can lack entries after a
+//! crash), and when it stops. [`Durability::synced_seq`] says up to where it is durable.
 //!
 //! The active file grows until it reaches [`ROTATE_BYTES`] or its oldest entry is a quarter of
 //! `dedup.ttl` old; then the next group starts a new file. Older files are deleted once their
@@ -18,7 +24,8 @@ use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use super::entry::{self, Entry, ENTRY_LEN, HEADER_LEN};
@@ -36,6 +43,24 @@ pub(super) enum Job {
     Commit(Vec<Entry>),
     /// The last group committed here failed in the spool: take it out again.
     Abandon,
+    /// Make every entry written so far durable; answers with the sequence number the journal is
+    /// durable through (see [`Durability`]).
+    Sync(mpsc::SyncSender<u64>),
+    /// The spool is closing: sync and end.
+    Stop,
+}
+
+/// Up to where the journal is durable, shared with the spool, which retires a segment only once
+/// the entries of its records are: every entry for a record up to `synced_seq` is on disk.
+#[derive(Debug, Default)]
+pub struct Durability {
+    synced_seq: AtomicU64,
+}
+
+impl Durability {
+    pub fn synced_seq(&self) -> u64 {
+        self.synced_seq.load(Ordering::Acquire)
+    }
 }
 
 /// The file being appended to.
@@ -58,6 +83,18 @@ pub(super) struct JournalWriter {
     /// Length the active file must be cut back to before anything else is written.
     cut_back_to: Option<u64>,
     must_roll: bool,
+    /// Highest sequence number of an entry written (durable or not).
+    written_seq: u64,
+    /// Entries were written to the active file since its last fdatasync.
+    unsynced: bool,
+    durability: Arc<Durability>,
+    /// An fdatasync failed: what it should have made durable may be lost, so the journal never
+    /// again says it is durable past that point, and the spool keeps its segments (their records
+    /// hold the ids) until a restart rebuilds the journal from them.
+    sync_failed: bool,
+    /// Name of the newest file: a new file is named after the first sequence number it holds,
+    /// or after this one plus one when that is higher, so that the names keep journal order.
+    newest_name: u64,
     buffer: Vec<u8>,
     last_drop_check: Option<Instant>,
     metrics: Metrics,
@@ -68,6 +105,8 @@ impl JournalWriter {
         dir: &Path,
         limits: Limits,
         older: Vec<FileStats>,
+        newest_name: u64,
+        durable_through: u64,
         metrics: Metrics,
     ) -> JournalWriter {
         JournalWriter {
@@ -78,6 +117,13 @@ impl JournalWriter {
             last_group: None,
             cut_back_to: None,
             must_roll: true,
+            written_seq: durable_through,
+            unsynced: false,
+            durability: Arc::new(Durability {
+                synced_seq: AtomicU64::new(durable_through),
+            }),
+            sync_failed: false,
+            newest_name,
             buffer: Vec::with_capacity(64 * 1024),
             last_drop_check: None,
             metrics,
@@ -93,8 +139,12 @@ impl JournalWriter {
         &self.metrics
     }
 
-    /// Serves jobs until the spool writer goes away, answering each commit on `done` (with its
-    /// buffer, for reuse).
+    pub(super) fn durability(&self) -> Arc<Durability> {
+        self.durability.clone()
+    }
+
+    /// Serves jobs until the spool writer and every [`Job::Sync`] sender go away, answering each
+    /// commit on `done` (with its buffer, for reuse); makes what it wrote durable before it ends.
     pub(super) fn run(
         mut self,
         jobs: mpsc::Receiver<Job>,
@@ -109,8 +159,37 @@ impl JournalWriter {
                     }
                 }
                 Job::Abandon => self.abandon(),
+                Job::Sync(reply) => {
+                    let _ = reply.send(self.sync());
+                }
+                Job::Stop => break,
             }
         }
+        self.sync();
+    }
+
+    /// fdatasyncs the active file (older ones were synced when it was started) and returns the
+    /// sequence number the journal is durable through.
+    pub(super) fn sync(&mut self) -> u64 {
+        if self.sync_failed {
+            return self.durability.synced_seq();
+        }
+        if let (true, Some(active)) = (self.unsynced, &self.active) {
+            let started = Instant::now();
+            if let Err(e) = active.file.sync_data() {
+                self.metrics.id_journal.write_errors.inc();
+                self.sync_failed = true;
+                tracing::error!(error = %e, file = %active.stats.path.display(), "id journal fdatasync failed; spool segments are kept until a restart writes their ids again");
+                return self.durability.synced_seq();
+            }
+            self.metrics
+                .spool_synced(SpoolSync::IdJournal, started.elapsed());
+            self.unsynced = false;
+        }
+        self.durability
+            .synced_seq
+            .fetch_max(self.written_seq, Ordering::AcqRel);
+        self.written_seq
     }
 
     /// Appends a group's entries and makes them durable.
@@ -133,12 +212,8 @@ impl JournalWriter {
             entry::encode(entry, active.generation, &mut self.buffer);
         }
         let start = active.stats.bytes;
-        let started = Instant::now();
-        let written = active
-            .file
-            .write_all_at(&self.buffer, start)
-            .and_then(|()| active.file.sync_data());
-        match written {
+        // Not fsynced here: see the module docs.
+        match active.file.write_all_at(&self.buffer, start) {
             Ok(()) => {
                 let count = group.len() as u64;
                 active.stats.bytes += self.buffer.len() as u64;
@@ -150,8 +225,8 @@ impl JournalWriter {
                     }
                 }
                 self.last_group = Some((start, count));
-                self.metrics
-                    .spool_synced(SpoolSync::IdJournal, started.elapsed());
+                self.written_seq = self.written_seq.max(last.seq);
+                self.unsynced = true;
                 self.update_bytes();
                 Ok(())
             }
@@ -214,9 +289,12 @@ impl JournalWriter {
         grows_to > ROTATE_BYTES || accepted_ms.saturating_sub(active.oldest_ms) >= quarter_ttl_ms
     }
 
-    /// Starts a new active file for entries from `first_seq` on.
+    /// Starts a new active file for entries from `first_seq` on, once the current one is durable.
     fn roll(&mut self, first_seq: u64) -> io::Result<()> {
-        let (file, path, generation) = files::create(&self.dir, first_seq)?;
+        self.sync();
+        let name = first_seq.max(self.newest_name.saturating_add(1));
+        let (file, path, generation) = files::create(&self.dir, name)?;
+        self.newest_name = name;
         if let Some(previous) = self.active.take() {
             self.older.push_back(previous.stats);
         }

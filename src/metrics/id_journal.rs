@@ -51,8 +51,8 @@ impl IdJournalMetrics {
         register(Box::new(bytes.clone()));
         let write_errors = IntCounter::new(
             "dedup_journal_write_errors_total",
-            "Group commits the id journal could not make durable (their notifications were \
-             answered 503).",
+            "Id journal writes that failed: a group commit's (its notifications were answered \
+             503) or an fdatasync (spool segments are then kept until a restart).",
         )
         .expect("valid metric");
         register(Box::new(write_errors.clone()));

@@ -2,7 +2,7 @@
 //! segments every sink has passed. A store only reaches the page cache (the cursor fsyncs at
 //! most every `cursor::SYNC_INTERVAL`); before a segment is deleted or reused, every sink's
 //! cursor is made durable, so a machine crash can never leave a cursor pointing into a segment
-//! that is gone.
+//! that is gone, and so are the id journal's entries for its records (see `id_journal`).
 
 use std::io;
 use std::sync::atomic::Ordering;
@@ -28,8 +28,9 @@ impl Shared {
         self.retire_relayed()
     }
 
-    /// Retires the closed segments whose records every sink has acknowledged.
-    fn retire_relayed(&self) -> io::Result<()> {
+    /// Retires the closed segments whose records every sink has acknowledged and whose ids the
+    /// id journal, when there is one, holds durably (it is asked to fdatasync first).
+    pub(super) fn retire_relayed(&self) -> io::Result<()> {
         let relayed_by_all = self
             .sinks
             .iter()
@@ -37,7 +38,16 @@ impl Shared {
             .min()
             .unwrap_or(0);
         self.acked_seq.fetch_max(relayed_by_all, Ordering::Relaxed);
-        let retirable = |s: &SegmentInfo| s.closed && !s.pinned && s.last_seq <= relayed_by_all;
+        let relayed = |s: &SegmentInfo| s.closed && !s.pinned && s.last_seq <= relayed_by_all;
+        if !self.segments.lock().iter().any(relayed) {
+            return Ok(());
+        }
+        // Until a segment goes, its records hold their ids; after, only the journal does.
+        let journaled = self
+            .journal
+            .get()
+            .map_or(u64::MAX, |journal| journal.make_durable());
+        let retirable = |s: &SegmentInfo| relayed(s) && s.last_seq <= journaled;
         if !self.segments.lock().iter().any(retirable) {
             return Ok(());
         }

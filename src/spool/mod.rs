@@ -22,7 +22,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -117,6 +117,8 @@ struct Shared {
     /// False after a write or fsync failed, until the next one succeeds.
     write_ok: AtomicBool,
     sinks: Vec<SinkProgress>,
+    /// The id journal, when ids are journaled: asked to be durable before a segment is retired.
+    journal: OnceLock<id_journal::Syncer>,
     metrics: Metrics,
 }
 
@@ -178,7 +180,17 @@ impl Spool {
         fs::create_dir_all(&options.dir)?;
         let lock = lock::lock(&options.dir)?;
         let stored = progress::Stored::read(&options.dir, sinks)?;
-        let found = recovery::scan_all(&options.dir, stored.relayed_by_all())?;
+        // With the id journal, a segment whose ids may be missing from it (those of records from
+        // its newest file on, see `id_journal`) is scanned and kept until they are written again.
+        let journaled_before = match &ids {
+            Some(_) => id_journal::newest_file_name(&options.dir)?,
+            None => None,
+        };
+        let retire_through = |relayed_by_all: u64| match journaled_before {
+            Some(name) => relayed_by_all.min(name.saturating_sub(1)),
+            None => relayed_by_all,
+        };
+        let found = recovery::scan_all(&options.dir, retire_through(stored.relayed_by_all()))?;
         let last_seq = recovery::last_seq(&found);
         let settled = stored.settle(
             options.missing_cursor,
@@ -201,7 +213,12 @@ impl Spool {
             .map(|s| s.acked.load(Ordering::Relaxed))
             .fold(last_seq, u64::max);
         let next_seq = last_durable_seq.checked_add(1).ok_or_else(largest)?;
-        let (segments, spares) = recovery::apply(&options.dir, found, relayed_by_all, &metrics)?;
+        let (segments, spares) = recovery::apply(
+            &options.dir,
+            found,
+            retire_through(relayed_by_all),
+            &metrics,
+        )?;
         // A segment kept without a valid record (all of it damaged, pinned because the damage
         // could not be quarantined) still sorts by its first sequence number: the next segment
         // must start above it, or the reader, already past it, never hands out what is appended
@@ -227,6 +244,7 @@ impl Spool {
             durable_seq,
             write_ok: AtomicBool::new(true),
             sinks,
+            journal: OnceLock::new(),
             metrics,
         });
         let journal = match ids {
@@ -238,7 +256,12 @@ impl Spool {
                     remember,
                     &shared.metrics,
                 )?;
-                let missing = unjournaled(&shared, recovered.last_seq, last_durable_seq)?;
+                let missing = unjournaled(
+                    &shared,
+                    recovered.last_seq,
+                    recovered.incomplete.as_ref(),
+                    last_durable_seq,
+                )?;
                 recovered.start(next_seq, missing, remember)?
             }
             None => {
@@ -246,6 +269,11 @@ impl Spool {
                 id_journal::Journal::disabled()
             }
         };
+        if let Some(syncer) = journal.syncer() {
+            let _ = shared.journal.set(syncer);
+            // The segments kept for their ids above can go now that the journal holds them.
+            shared.retire_relayed()?;
+        }
         let writer = Writer::start(
             shared.clone(),
             next_seq,
@@ -440,30 +468,47 @@ impl Spool {
     }
 }
 
-/// Entries for the records after `journaled` up to `last_durable_seq` that no sink has relayed
-/// yet: durable records whose journal entries a crash between the two fsyncs lost (or all of
-/// them, for a journal deleted or new beside an old spool). Their notifications were not
-/// answered 200 then, but they will be relayed, so their retries must be duplicates.
+/// Entries for the durable records the journal lacks: those after `journaled` (its last entry)
+/// up to `last_durable_seq`, and, when its newest file is `incomplete`, those from that file's
+/// first sequence number on that it does not hold. A crash before the journal's fdatasync lost
+/// them (or the journal is new beside an old spool): their notifications were answered 200, or
+/// will be relayed, so their retries must be duplicates. Every segment that may hold such a
+/// record was kept (see [`Spool::open_remembering_ids`]).
 fn unjournaled(
     shared: &Arc<Shared>,
     journaled: u64,
+    incomplete: Option<&id_journal::Incomplete>,
     last_durable_seq: u64,
 ) -> Result<Vec<id_journal::Entry>, SpoolError> {
     let mut missing = Vec::new();
-    if journaled >= last_durable_seq {
+    let (from, mut held) = match incomplete {
+        Some(file) => {
+            let mut held: Vec<u64> = file.entries.iter().map(|e| e.seq).collect();
+            held.sort_unstable();
+            (file.from_seq.saturating_sub(1).min(journaled), held)
+        }
+        None => (journaled, Vec::new()),
+    };
+    if from >= last_durable_seq {
         return Ok(missing);
     }
-    let mut reader = SpoolReader::after(shared.clone(), journaled);
+    held.dedup();
+    let mut reader = SpoolReader::after(shared.clone(), from);
     loop {
         let records = reader.read_available(1024)?;
         if records.is_empty() {
             return Ok(missing);
         }
-        missing.extend(records.iter().map(|record| id_journal::Entry {
-            seq: record.seq,
-            accepted_ms: record.notification.received_at_ms,
-            key: IdKey::of(record.notification.envelope.id.as_str()),
-        }));
+        missing.extend(
+            records
+                .iter()
+                .filter(|record| record.seq > journaled || held.binary_search(&record.seq).is_err())
+                .map(|record| id_journal::Entry {
+                    seq: record.seq,
+                    accepted_ms: record.notification.received_at_ms,
+                    key: IdKey::of(record.notification.envelope.id.as_str()),
+                }),
+        );
     }
 }
 

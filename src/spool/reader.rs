@@ -44,6 +44,8 @@ struct ReaderCore {
     segment_previous: u64,
     /// Highest sequence number handed out so far.
     last_seq: u64,
+    /// Hands out acknowledged records too (recovery's reader).
+    acknowledged_too: bool,
     chunk: Vec<u8>,
     /// Records read for a caller that went away before taking them: handed out next.
     ready: Vec<SpoolRecord>,
@@ -55,6 +57,7 @@ impl SpoolReader {
         let segment_first_seq = shared.segments.lock().first().map_or(0, |s| s.first_seq);
         let core = ReaderCore {
             last_seq: acked(&shared, sink),
+            acknowledged_too: false,
             shared,
             sink,
             segment_first_seq,
@@ -71,8 +74,8 @@ impl SpoolReader {
         }
     }
 
-    /// A reader of the records after `seq` that not every sink has acknowledged, starting in
-    /// the segment that holds `seq + 1` (for recovery, before the writer starts).
+    /// A reader of the records after `seq` that the spool holds, acknowledged or not, starting
+    /// in the segment that holds `seq + 1` (for recovery, before the writer starts).
     pub(super) fn after(shared: Arc<Shared>, seq: u64) -> Self {
         let start = {
             let segments = shared.segments.lock();
@@ -86,7 +89,8 @@ impl SpoolReader {
         let reader = Self::new(shared, None);
         {
             let mut core = reader.core.lock();
-            core.last_seq = core.last_seq.max(seq);
+            core.last_seq = seq;
+            core.acknowledged_too = true;
             if let Some(first_seq) = start {
                 core.move_to(first_seq);
             }
@@ -192,8 +196,9 @@ impl ReaderCore {
                     Ok((rec, len)) if rec.seq > self.segment_previous => {
                         used += len;
                         self.segment_previous = rec.seq;
-                        let acked = acked(&self.shared, self.sink);
-                        if rec.seq > self.last_seq && rec.seq > acked {
+                        let unacked =
+                            self.acknowledged_too || rec.seq > acked(&self.shared, self.sink);
+                        if rec.seq > self.last_seq && unacked {
                             self.last_seq = rec.seq;
                             out.push(rec);
                         }

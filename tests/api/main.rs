@@ -20,6 +20,7 @@ mod helpers;
 mod hostile;
 mod hung_broker;
 mod id_journal_damage;
+mod id_journal_lag;
 mod kafka;
 mod kafka_broker;
 mod kafka_publish;
