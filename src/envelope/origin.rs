@@ -1,5 +1,12 @@
 //! The Dataloy instance a notification comes from, as the origin (`scheme://host[:port]`) of one
 //! of its REST URLs: CloudEvents' default `source`. Only read, never a reason to refuse a body.
+//!
+//! Found on every request, so the URL parser's work is remembered: each thread keeps the last
+//! scheme and authority it parsed and the origin they gave. One Dataloy instance sends every
+//! notification, so the parser runs about once per thread (it cost about 3 % of a request's
+//! instructions, see BENCHMARKS.md).
+
+use std::cell::RefCell;
 
 /// Longest origin kept, in bytes: a DNS name is at most 253, so only a hostile URL is longer.
 pub const MAX_ORIGIN_LEN: usize = 255;
@@ -9,7 +16,39 @@ pub const MAX_ORIGIN_LEN: usize = 255;
 /// (WHATWG URL serialization, by the `url` crate).
 pub fn of(raw: &str) -> Option<String> {
     let text = super::as_string(raw)?;
-    let url = url::Url::parse(&text).ok()?;
+    let Some(key) = scheme_and_authority(&text) else {
+        return parse(&text);
+    };
+    LAST.with_borrow_mut(|last| match last {
+        Some((known, origin)) if known.as_str() == key => origin.clone(),
+        _ => {
+            let origin = parse(&text);
+            *last = Some((key.to_owned(), origin.clone()));
+            origin
+        }
+    })
+}
+
+thread_local! {
+    /// The scheme and authority this thread parsed last, and the origin they gave.
+    static LAST: RefCell<Option<(String, Option<String>)>> = const { RefCell::new(None) };
+}
+
+/// The start of `text` up to the first `/`, `\`, `?` or `#` after its first `://`: for an
+/// http(s) URL, its scheme and whole authority (the parser ends the authority at the first of
+/// these after the scheme, which is never later), and what comes after it never changes the
+/// origin (nor fails the parse of such a URL). So the origin is a function of this key. `None`
+/// without `://` or without such a character after it (the parser strips spaces and controls
+/// from the end of the text, so the end of the authority would change it): such text is parsed
+/// every time.
+fn scheme_and_authority(text: &str) -> Option<&str> {
+    let authority = text.find("://")? + 3;
+    let end = authority + text[authority..].find(['/', '\\', '?', '#'])?;
+    Some(&text[..end])
+}
+
+fn parse(text: &str) -> Option<String> {
+    let url = url::Url::parse(text).ok()?;
     if !matches!(url.scheme(), "http" | "https") || !url.has_host() {
         return None;
     }
@@ -25,7 +64,8 @@ pub fn is_origin(text: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::of;
+    use super::{of, parse};
+    use proptest::prelude::*;
 
     fn origin(url: &str) -> Option<String> {
         of(&serde_json::to_string(url).unwrap())
@@ -68,5 +108,49 @@ mod tests {
         assert_eq!(of("null"), None);
         let long = format!("http://{}.example/x", "a".repeat(300));
         assert_eq!(origin(&long), None);
+    }
+
+    #[test]
+    fn a_remembered_authority_gives_the_same_origin_as_a_parse() {
+        let urls = [
+            "http://platform-dev.dataloy.com:80/ws/rest/PortCall/1",
+            "http://platform-dev.dataloy.com:80/ws/rest/PortCall/2",
+            "http://platform-dev.dataloy.com:8080/ws/rest/PortCall/2",
+            "http://platform-dev.dataloy.com:80",
+            "http://platform-dev.dataloy.com:80?x",
+            "http://user@platform-dev.dataloy.com:80/x",
+            "http:a://b.example/x",
+            "http://a.example\\b/x",
+            "http://a.example\tb/x",
+            "http://a.example ",
+            "http://a.example /x",
+            " http://a.example/x",
+            "javascript:alert('http://x.example/')",
+            "http://platform-dev.dataloy.com:80/ws/rest/PortCall/1",
+        ];
+        for url in urls.iter().chain(urls.iter().rev()) {
+            assert_eq!(origin(url), parse(url), "{url:?}");
+        }
+    }
+
+    proptest! {
+        /// Whatever the text, remembered or not, the origin is the one a parse gives.
+        #[test]
+        fn the_origin_is_always_what_the_parser_says(
+            parts in proptest::collection::vec(
+                prop_oneof![
+                    Just("http"), Just("https"), Just("ftp"), Just(":"), Just("//"), Just("/"),
+                    Just("\\"), Just("?"), Just("#"), Just("@"), Just("a.example"), Just("B.example"),
+                    Just(":80"), Just(":443"), Just(":8080"), Just("%41"), Just("\t"), Just(" "),
+                    Just("[::1]"), Just("xn--bcher-kva"), Just("bücher"), Just("."),
+                ],
+                0..10,
+            ),
+        ) {
+            let text = parts.concat();
+            let raw = serde_json::to_string(&text).unwrap();
+            prop_assert_eq!(of(&raw), parse(&text), "{:?}", text);
+            prop_assert_eq!(of(&raw), parse(&text), "{:?} (remembered)", text);
+        }
     }
 }
