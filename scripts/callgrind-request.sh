@@ -10,7 +10,7 @@
 #   TRACE: none (default) | traceparent (each request carries traceparent and tracestate)
 #   e.g. scripts/callgrind-request.sh target/release/dataloy-gateway traceparent \
 #          '[tracing.otlp]' 'endpoint = "http://127.0.0.1:14318/v1/traces"'
-# Needs valgrind (apt-get install valgrind) and python3.
+# KEEP=FILE keeps the dump there (for callgrind_annotate). Needs valgrind and python3.
 set -euo pipefail
 bin=$1
 trace=${2:-none}
@@ -76,5 +76,6 @@ callgrind_control -d "$pid" >/dev/null
 sleep 1
 # One dump of the whole process (threads are combined); its `summary:` (or `totals:`) line.
 total=$(grep -h -m1 -E '^(summary|totals):' "$work"/callgrind.out.* | awk '{s += $2} END {print s}')
+[[ -n ${KEEP:-} ]] && cat "$work"/callgrind.out.* >"$KEEP"
 echo "$(basename "$bin") trace=$trace extra='$*': $total instructions for $REQUESTS requests," \
   "$((total / REQUESTS)) per request"

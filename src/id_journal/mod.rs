@@ -22,18 +22,18 @@ mod writer;
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc};
-use std::thread::JoinHandle;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 pub use entry::Entry;
 pub use recovery::{Dropped, Incomplete, Limits};
-pub use writer::Durability;
 
 use crate::dedup::IdKey;
 use crate::metrics::Metrics;
 use crate::notification::unix_millis;
-use writer::{Job, JournalWriter};
+use writer::JournalWriter;
 
 /// Called with each id the journal remembers and the part of its TTL it has left.
 pub type Remember<'a> = &'a mut dyn FnMut(IdKey, Duration);
@@ -196,23 +196,10 @@ impl RecoveredJournal {
             elapsed_ms = self.started.elapsed().as_millis() as u64,
             "dedup table rebuilt from the id journal"
         );
-        let (jobs, queue) = mpsc::channel();
-        let (done, results) = mpsc::sync_channel(1);
-        let durability = self.writer.durability();
-        let writer = self.writer;
-        let thread = std::thread::Builder::new()
-            .name("id-journal".into())
-            .spawn(move || writer.run(queue, done))?;
         Ok(Journal {
-            running: Some(Running {
-                durability,
-                jobs,
-                results,
-                staged: Vec::new(),
-                in_flight: false,
-                stopped: false,
-                thread: Some(thread),
-            }),
+            writer: Some(Arc::new(Mutex::new(self.writer))),
+            staged: Vec::new(),
+            outcome: None,
         })
     }
 }
@@ -222,65 +209,53 @@ fn dir_of(path: &Path) -> PathBuf {
         .map_or_else(|| PathBuf::from("."), Path::to_owned)
 }
 
-/// Asks the journal's thread to make what it wrote durable: the spool does before it retires
-/// segments (see `writer`). Usable from any thread.
+/// Makes what the journal wrote durable, from any thread: the spool asks before it retires
+/// segments (see `writer`).
 pub struct Syncer {
-    jobs: mpsc::Sender<Job>,
-    durability: Arc<Durability>,
+    writer: Arc<Mutex<JournalWriter>>,
 }
 
 impl Syncer {
     /// fdatasyncs the journal and returns the sequence number it is durable through: every
-    /// entry for a record up to it is on disk. When the journal cannot sync (its thread has
-    /// stopped, an fdatasync failed), the number stays where it was.
+    /// entry for a record up to it is on disk. After a failed fdatasync the number stays where
+    /// it was.
     pub fn make_durable(&self) -> u64 {
-        let (reply, answer) = mpsc::sync_channel(1);
-        if self.jobs.send(Job::Sync(reply)).is_ok() {
-            if let Ok(synced) = answer.recv() {
-                return synced;
-            }
-        }
-        self.durability.synced_seq()
+        self.writer.lock().sync()
     }
 }
 
 /// The spool writer's handle on the journal: it stages the ids of a group commit as it encodes
-/// their records, starts the journal's write before its own, and waits for both. A disabled
-/// journal does nothing.
+/// their records and has them written before it writes the group. A disabled journal does
+/// nothing.
 pub struct Journal {
-    running: Option<Running>,
-}
-
-struct Running {
-    durability: Arc<Durability>,
-    jobs: mpsc::Sender<Job>,
-    results: mpsc::Receiver<(io::Result<()>, Vec<Entry>)>,
-    /// Entries of the group being assembled; the buffer comes back with each result.
+    writer: Option<Arc<Mutex<JournalWriter>>>,
+    /// Entries of the group being assembled.
     staged: Vec<Entry>,
-    in_flight: bool,
-    /// The thread could not be reached: every group fails from now on.
-    stopped: bool,
-    thread: Option<JoinHandle<()>>,
+    /// What writing the last group gave, until the spool writer asks.
+    outcome: Option<io::Result<()>>,
 }
 
 impl Journal {
     /// No journal: every call does nothing.
     pub fn disabled() -> Journal {
-        Journal { running: None }
+        Journal {
+            writer: None,
+            staged: Vec::new(),
+            outcome: None,
+        }
     }
 
     /// A handle for making the journal durable from another thread (none when disabled).
     pub fn syncer(&self) -> Option<Syncer> {
-        self.running.as_ref().map(|running| Syncer {
-            jobs: running.jobs.clone(),
-            durability: running.durability.clone(),
+        self.writer.as_ref().map(|writer| Syncer {
+            writer: writer.clone(),
         })
     }
 
     /// Adds the id of the record `seq` to the group being assembled.
     pub fn stage(&mut self, seq: u64, id: &str) {
-        if let Some(running) = &mut self.running {
-            running.staged.push(Entry {
+        if self.writer.is_some() {
+            self.staged.push(Entry {
                 seq,
                 accepted_ms: 0,
                 key: IdKey::of(id),
@@ -288,65 +263,42 @@ impl Journal {
         }
     }
 
-    /// Hands the staged group to the journal's thread, which writes and fsyncs it meanwhile.
+    /// Writes the staged group (not fsynced: see `writer`); [`Journal::wait_committed`] says
+    /// how it went.
     pub fn commit_staged(&mut self) {
-        let Some(running) = &mut self.running else {
+        let Some(writer) = &self.writer else {
             return;
         };
-        if running.staged.is_empty() {
+        if self.staged.is_empty() {
             return;
         }
         let accepted_ms = unix_millis();
-        let mut group = std::mem::take(&mut running.staged);
-        for entry in &mut group {
+        for entry in &mut self.staged {
             entry.accepted_ms = accepted_ms;
         }
-        running.in_flight = running.jobs.send(Job::Commit(group)).is_ok();
-        running.stopped |= !running.in_flight;
+        self.outcome = Some(writer.lock().commit(&self.staged));
+        self.staged.clear();
     }
 
-    /// Waits until the group handed over last is durable (or failed).
+    /// Whether the group written last is in the journal.
     pub fn wait_committed(&mut self) -> io::Result<()> {
-        let Some(running) = &mut self.running else {
-            return Ok(());
-        };
-        let stopped = || io::Error::other("the id journal's thread has stopped");
-        if !std::mem::take(&mut running.in_flight) {
-            return if running.stopped {
-                Err(stopped())
-            } else {
-                Ok(())
-            };
-        }
-        match running.results.recv() {
-            Ok((outcome, mut buffer)) => {
-                buffer.clear();
-                running.staged = buffer;
-                outcome
-            }
-            Err(_) => {
-                running.stopped = true;
-                Err(stopped())
-            }
-        }
+        self.outcome.take().unwrap_or(Ok(()))
     }
 
-    /// The group handed over last was not stored by the spool: its ids are taken out again.
+    /// The group written last was not stored by the spool: its ids are taken out again.
     pub fn abandon(&mut self) {
-        if let Some(running) = &mut self.running {
-            running.staged.clear();
-            let _ = running.jobs.send(Job::Abandon);
+        self.staged.clear();
+        if let Some(writer) = &self.writer {
+            writer.lock().abandon();
         }
     }
 }
 
-impl Drop for Running {
+impl Drop for Journal {
+    /// A graceful stop leaves the journal durable.
     fn drop(&mut self) {
-        // Ends the thread after the jobs queued before (it syncs before it ends); `Syncer`s
-        // elsewhere keep the queue open, so closing it would not.
-        let _ = self.jobs.send(Job::Stop);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+        if let Some(writer) = &self.writer {
+            writer.lock().sync();
         }
     }
 }

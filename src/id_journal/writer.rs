@@ -1,12 +1,11 @@
-//! The journal's writer thread. The spool writer hands it the ids of each group commit before it
-//! writes the group's records, so the journal's write runs beside the spool's, and waits for both
-//! before answering. The journal's write is not fsynced there: a second fdatasync in every group
-//! commit cost about a tenth of the Kafka throughput (BENCHMARKS.md), and it is not needed then.
-//! While a record is in the spool, its id can be read back from it (recovery does, see
-//! `spool::open`); the journal entry must be durable only before the segment holding the record
-//! is retired. So the journal fdatasyncs when the spool asks, before it retires segments
-//! ([`Job::Sync`]), when it moves to a new file (so only the newest file can lack entries after a
-//! crash), and when it stops. [`Durability::synced_seq`] says up to where it is durable.
+//! The journal's writer. The spool writer has it write the ids of each group commit before it
+//! writes the group's records, and answers only once both are written. The journal's write is
+//! not fsynced there: a second fdatasync in every group commit cost Kafka about a tenth of its
+//! throughput (BENCHMARKS.md), and it is not needed then. While a record is in the spool, its id
+//! can be read back from it (start-up does, see `spool::open`); the journal entry must be durable
+//! only before the segment holding the record is retired. So the journal fdatasyncs when the
+//! spool asks, before it retires segments ([`JournalWriter::sync`]), when it moves to a new file
+//! (so only the newest file can lack entries after a crash), and when it stops.
 //!
 //! The active file grows until it reaches [`ROTATE_BYTES`] or its oldest entry is a quarter of
 //! `dedup.ttl` old; then the next group starts a new file. Older files are deleted once their
@@ -24,8 +23,6 @@ use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use super::entry::{self, Entry, ENTRY_LEN, HEADER_LEN};
@@ -37,31 +34,6 @@ use crate::metrics::{Metrics, SpoolSync};
 pub const ROTATE_BYTES: u64 = 4 * 1024 * 1024;
 /// Least time between two looks for files that may be deleted.
 const DROP_CHECK_INTERVAL: Duration = Duration::from_secs(1);
-
-pub(super) enum Job {
-    /// One group commit's entries, in sequence order.
-    Commit(Vec<Entry>),
-    /// The last group committed here failed in the spool: take it out again.
-    Abandon,
-    /// Make every entry written so far durable; answers with the sequence number the journal is
-    /// durable through (see [`Durability`]).
-    Sync(mpsc::SyncSender<u64>),
-    /// The spool is closing: sync and end.
-    Stop,
-}
-
-/// Up to where the journal is durable, shared with the spool, which retires a segment only once
-/// the entries of its records are: every entry for a record up to `synced_seq` is on disk.
-#[derive(Debug, Default)]
-pub struct Durability {
-    synced_seq: AtomicU64,
-}
-
-impl Durability {
-    pub fn synced_seq(&self) -> u64 {
-        self.synced_seq.load(Ordering::Acquire)
-    }
-}
 
 /// The file being appended to.
 struct Active {
@@ -87,7 +59,8 @@ pub(super) struct JournalWriter {
     written_seq: u64,
     /// Entries were written to the active file since its last fdatasync.
     unsynced: bool,
-    durability: Arc<Durability>,
+    /// Every entry for a record up to this sequence number is on disk.
+    synced_seq: u64,
     /// An fdatasync failed: what it should have made durable may be lost, so the journal never
     /// again says it is durable past that point, and the spool keeps its segments (their records
     /// hold the ids) until a restart rebuilds the journal from them.
@@ -119,9 +92,7 @@ impl JournalWriter {
             must_roll: true,
             written_seq: durable_through,
             unsynced: false,
-            durability: Arc::new(Durability {
-                synced_seq: AtomicU64::new(durable_through),
-            }),
+            synced_seq: durable_through,
             sync_failed: false,
             newest_name,
             buffer: Vec::with_capacity(64 * 1024),
@@ -139,40 +110,17 @@ impl JournalWriter {
         &self.metrics
     }
 
-    pub(super) fn durability(&self) -> Arc<Durability> {
-        self.durability.clone()
-    }
-
-    /// Serves jobs until the spool writer and every [`Job::Sync`] sender go away, answering each
-    /// commit on `done` (with its buffer, for reuse); makes what it wrote durable before it ends.
-    pub(super) fn run(
-        mut self,
-        jobs: mpsc::Receiver<Job>,
-        done: mpsc::SyncSender<(io::Result<()>, Vec<Entry>)>,
-    ) {
-        while let Ok(job) = jobs.recv() {
-            match job {
-                Job::Commit(group) => {
-                    let outcome = self.commit(&group);
-                    if done.send((outcome, group)).is_err() {
-                        break;
-                    }
-                }
-                Job::Abandon => self.abandon(),
-                Job::Sync(reply) => {
-                    let _ = reply.send(self.sync());
-                }
-                Job::Stop => break,
-            }
-        }
-        self.sync();
+    /// Every entry for a record up to this sequence number is on disk.
+    #[cfg(test)]
+    pub(super) fn synced_seq(&self) -> u64 {
+        self.synced_seq
     }
 
     /// fdatasyncs the active file (older ones were synced when it was started) and returns the
     /// sequence number the journal is durable through.
     pub(super) fn sync(&mut self) -> u64 {
         if self.sync_failed {
-            return self.durability.synced_seq();
+            return self.synced_seq;
         }
         if let (true, Some(active)) = (self.unsynced, &self.active) {
             let started = Instant::now();
@@ -180,19 +128,17 @@ impl JournalWriter {
                 self.metrics.id_journal.write_errors.inc();
                 self.sync_failed = true;
                 tracing::error!(error = %e, file = %active.stats.path.display(), "id journal fdatasync failed; spool segments are kept until a restart writes their ids again");
-                return self.durability.synced_seq();
+                return self.synced_seq;
             }
             self.metrics
                 .spool_synced(SpoolSync::IdJournal, started.elapsed());
             self.unsynced = false;
         }
-        self.durability
-            .synced_seq
-            .fetch_max(self.written_seq, Ordering::AcqRel);
-        self.written_seq
+        self.synced_seq = self.synced_seq.max(self.written_seq);
+        self.synced_seq
     }
 
-    /// Appends a group's entries and makes them durable.
+    /// Appends a group's entries (not fsynced: see the module docs).
     pub(super) fn commit(&mut self, group: &[Entry]) -> io::Result<()> {
         let (Some(first), Some(last)) = (group.first(), group.last()) else {
             return Ok(());

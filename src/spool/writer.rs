@@ -83,7 +83,7 @@ pub(super) struct Writer {
     commit_interval: Duration,
     /// When the last group commit started, and how many appends it held.
     last_commit: Option<(Instant, usize)>,
-    /// Where each group's ids go too, durable before the group is answered.
+    /// Where each group's ids go too, written before the group is answered.
     ids: Journal,
 }
 
@@ -221,8 +221,8 @@ impl Writer {
             return;
         };
         let started = Instant::now();
-        // The journal writes and fsyncs the group's ids on its own thread meanwhile; the group is
-        // answered only once both are durable.
+        // The group's ids go to the journal first (written, fsynced later: see `id_journal`);
+        // the group is answered only once both are written and the records are durable.
         self.ids.commit_staged();
         let outcome = self
             .file
