@@ -4,6 +4,7 @@
 # flight, delivery verified. Needs the brokers of scripts/services.sh running and the release
 # examples built (scripts/bench.sh builds them).
 # Usage: scripts/cpu-split.sh BIN_DIR SINK(kafka|rabbitmq) [REQUESTS]   e.g. target/release kafka
+#   EXTRA_TOML='...' adds settings (lines separated by \n), e.g. $'[dedup]\njournal = false'.
 set -u
 cd "$(dirname "$0")/.."
 bin=$1; sink=$2; requests=${3:-60000}
@@ -15,6 +16,7 @@ case $sink in
   rabbitmq) sinktoml=$'[sinks.rabbitmq]\nexchange = "'$tag'"'; verify="rabbitmq:amqp://guest:guest@127.0.0.1:5672/%2f#$tag"; broker=$(pgrep -f beam.smp | head -1) ;;
 esac
 printf '[server]\nbind = "127.0.0.1:18081"\nworkers = 2\n[admin]\nbind = "127.0.0.1:19091"\n[spool]\ndir = "%s/spool"\n[log]\nlevel = "warn"\n%s\n' "$work" "$sinktoml" > $work/g.toml
+printf '%b\n' "${EXTRA_TOML:-}" >> $work/g.toml
 $bin/dataloy-gateway --config $work/g.toml > $work/g.log 2>&1 & gw=$!
 for _ in $(seq 300); do curl -fsS http://127.0.0.1:19091/health/ready >/dev/null 2>&1 && break; sleep 0.02; done
 threads $gw > $work/t0; b0=$(ticks $broker); s0=$(awk '{print $2+$4}' <(head -1 /proc/stat))
