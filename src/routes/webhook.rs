@@ -202,11 +202,13 @@ async fn handle(
         )
     });
     // Run the pipeline as its own task: if Dataloy hangs up mid-way, the claim is still
-    // committed or released instead of being abandoned with the request.
+    // committed or released instead of being abandoned with the request. Boxed where it is
+    // made: the pipeline's future is kilobytes, and spawning moved it by value several times
+    // (memcpy, about 2 % of a request's instructions; BENCHMARKS.md).
     let ingest = state.ingest.clone();
-    let outcome = tokio::spawn(
+    let outcome = tokio::spawn(Box::pin(
         async move { ingest.ingest(body, Source::Webhook, trace).await }.instrument(span),
-    )
+    ))
     .await
     .expect("ingest task panicked");
     match outcome {
