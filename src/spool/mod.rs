@@ -532,8 +532,12 @@ fn warn_of_retired_gaps(sinks: &[SinkProgress], segments: &[SegmentInfo], next_s
 
 /// A relayed segment becomes a spare, or is deleted when there are enough spares.
 fn retire(dir: &Path, path: &Path, first_seq: u64, spares: &mut Vec<PathBuf>) -> io::Result<()> {
-    if spares.len() < MAX_SPARES {
-        let spare = segment::spare_path_for(dir, first_seq);
+    let spare = segment::spare_path_for(dir, first_seq);
+    // A spare may already be named so: a crash left an empty segment numbered like this one,
+    // and recovery made it a spare. Renaming over it would take a file the writer may be
+    // recycling under that name (its records then went to a file no name leads to: found by an
+    // outside attacker, notifications lost); this segment goes instead.
+    if spares.len() < MAX_SPARES && !spares.contains(&spare) {
         fs::rename(path, &spare)?;
         spares.push(spare);
         Ok(())

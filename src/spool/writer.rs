@@ -300,15 +300,19 @@ impl Writer {
 /// Starts the segment whose first record will be `first_seq`, in a spare file if there is one.
 fn create_segment(shared: &Shared, first_seq: u64) -> io::Result<(File, u64)> {
     let path = segment::path_for(&shared.dir, first_seq);
-    let spare = shared.spares.lock().pop();
-    let recycled = spare.and_then(|spare| match recycle(&spare, &path) {
-        Ok(started) => Some(started),
-        Err(e) => {
-            tracing::warn!(spare = %spare.display(), error = %e, "cannot reuse a spare spool segment; deleting it");
-            let _ = fs::remove_file(&spare);
-            None
-        }
-    });
+    // The spares stay locked until the spare has its new name, so that no segment is retired
+    // under the name meanwhile (see `retire`).
+    let recycled = {
+        let mut spares = shared.spares.lock();
+        spares.pop().and_then(|spare| match recycle(&spare, &path) {
+            Ok(started) => Some(started),
+            Err(e) => {
+                tracing::warn!(spare = %spare.display(), error = %e, "cannot reuse a spare spool segment; deleting it");
+                let _ = fs::remove_file(&spare);
+                None
+            }
+        })
+    };
     let (file, generation) = match recycled {
         Some(started) => started,
         None => {
