@@ -37,19 +37,73 @@ pub fn entries_in(bytes: u64) -> u64 {
     bytes.saturating_sub(HEADER_LEN).div_ceil(ENTRY_LEN as u64)
 }
 
+/// Where a file is written before it gets its name `path` (see [`create_staged`]).
+pub fn staged_path(path: &Path) -> PathBuf {
+    let mut staged = path.as_os_str().to_owned();
+    staged.push(STAGED_SUFFIX);
+    PathBuf::from(staged)
+}
+
+const STAGED_SUFFIX: &str = ".staged";
+
 /// Creates the file for entries from `first_seq` on, with a durable header and a durable name.
-/// Refuses to overwrite a file: recovery leaves no file a new one could be named like.
+/// Refuses to overwrite a file: recovery leaves no file a new one could be named like. A file
+/// that could not be started is deleted again (a full disk would leave one per attempt).
 pub fn create(dir: &Path, first_seq: u64) -> io::Result<(File, PathBuf, u64)> {
     let path = path_for(dir, first_seq);
-    let file = OpenOptions::new()
-        .create_new(true)
-        .write(true)
-        .open(&path)?;
-    let generation = fastrand::u64(1..);
-    file.write_all_at(&entry::header(generation), 0)?;
-    file.sync_data()?;
-    sync_dir(dir)?;
+    let (file, generation) = create_at(&path)?;
+    if let Err(e) = sync_dir(dir) {
+        let _ = std::fs::remove_file(&path);
+        return Err(e);
+    }
     Ok((file, path, generation))
+}
+
+/// [`create`], under a name the journal does not list (see [`staged_path`]) until [`publish`]
+/// gives it its own: for the file start-up fills with the entries the journal lacked, which
+/// must not look like the newest file before it holds them all. Returns the file's eventual
+/// path.
+pub fn create_staged(dir: &Path, first_seq: u64) -> io::Result<(File, PathBuf, u64)> {
+    let path = path_for(dir, first_seq);
+    let (file, generation) = create_at(&staged_path(&path))?;
+    Ok((file, path, generation))
+}
+
+/// Gives a staged file its name, durably.
+pub fn publish(path: &Path) -> io::Result<()> {
+    std::fs::rename(staged_path(path), path)?;
+    sync_dir(&parent_of(path))
+}
+
+/// Deletes staged files a crash left (their entries are written again from the spool).
+pub fn delete_staged(dir: &Path) -> io::Result<()> {
+    for found in std::fs::read_dir(dir)? {
+        let path = found?.path();
+        if path.to_str().is_some_and(|p| p.ends_with(STAGED_SUFFIX)) {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
+}
+
+fn create_at(path: &Path) -> io::Result<(File, u64)> {
+    let file = OpenOptions::new().create_new(true).write(true).open(path)?;
+    let generation = fastrand::u64(1..);
+    let started = file
+        .write_all_at(&entry::header(generation), 0)
+        .and_then(|()| file.sync_data());
+    match started {
+        Ok(()) => Ok((file, generation)),
+        Err(e) => {
+            let _ = std::fs::remove_file(path);
+            Err(e)
+        }
+    }
+}
+
+pub fn parent_of(path: &Path) -> PathBuf {
+    path.parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_owned)
 }
 
 /// Cuts `path` back to `len` bytes and makes that durable.

@@ -176,14 +176,23 @@ impl RecoveredJournal {
             entries.sort_unstable_by_key(|e| e.seq);
             entries.dedup_by_key(|e| e.seq);
         }
-        self.writer.start_file(first_seq)?;
-        for group in entries.chunks(4096) {
-            self.writer.commit(group)?;
+        if entries.is_empty() {
+            self.writer.start_file(first_seq)?;
+        } else {
+            // Under a staged name until it holds them all, durably: a crash before leaves the
+            // incomplete file the newest, to be repaired by the next start.
+            self.writer.start_staged_file(first_seq)?;
+            for group in entries.chunks(4096) {
+                self.writer.commit(group)?;
+            }
+            self.writer.publish()?;
         }
-        self.writer.sync();
         if let Some(incomplete) = incomplete {
-            std::fs::remove_file(&incomplete.path)?;
-            files::sync_dir(&dir_of(&incomplete.path))?;
+            match std::fs::remove_file(&incomplete.path) {
+                // Recovery deletes a newest file without a valid header itself.
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => files::sync_dir(&files::parent_of(&incomplete.path))?,
+            }
         }
         self.writer
             .metrics()
@@ -202,11 +211,6 @@ impl RecoveredJournal {
             outcome: None,
         })
     }
-}
-
-fn dir_of(path: &Path) -> PathBuf {
-    path.parent()
-        .map_or_else(|| PathBuf::from("."), Path::to_owned)
 }
 
 /// Makes what the journal wrote durable, from any thread: the spool asks before it retires

@@ -105,6 +105,7 @@ pub fn recover(
     remember: &mut dyn FnMut(IdKey, Duration),
     metrics: &IdJournalMetrics,
 ) -> io::Result<Recovered> {
+    files::delete_staged(dir)?;
     let listed = files::list(dir)?;
     let ttl_ms = u64::try_from(limits.ttl.as_millis()).unwrap_or(u64::MAX);
     let superseded = superseded_files(&listed, limits.max_entries)?;

@@ -420,6 +420,62 @@ fn new_files_are_named_in_journal_order_even_for_entries_written_again() {
     assert_eq!(names, [12, 13]);
 }
 
+#[test]
+fn a_group_whose_new_file_cannot_be_made_does_not_cut_the_group_before_it() {
+    // The attacker's case: a rotation that fails (a directory that refuses new files) made the
+    // spool abandon the group, and the abandon cut the previous group, answered 200 already.
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Metrics::new();
+    let ttl = Duration::from_secs(400);
+    let mut writer = JournalWriter::new(dir.path(), limits(ttl), Vec::new(), 0, 0, metrics.clone());
+    writer.start_file(1).unwrap();
+    writer.commit(&group(1..=2, T0)).unwrap();
+    writer.commit(&group(3..=3, T0)).unwrap();
+    // A quarter of the TTL later the next group needs a new file, named 4: taken already.
+    fs::write(files::path_for(dir.path(), 4), b"in the way").unwrap();
+    assert!(writer.commit(&group(4..=4, T0 + 100_000)).is_err());
+    writer.abandon();
+    writer.sync();
+    drop(writer);
+    fs::remove_file(files::path_for(dir.path(), 4)).unwrap();
+
+    let found = recover(dir.path(), 3, limits(ttl), T0 + 100_000, &metrics);
+
+    assert_eq!(keys(&found), [key(1), key(2), key(3)]);
+}
+
+#[test]
+fn a_staged_file_a_crash_left_is_deleted_and_the_incomplete_file_stays_the_newest() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Metrics::new();
+    write(dir.path(), limits(HOUR), &[group(1..=6, T0)], &metrics);
+    let path = only_file(dir.path());
+    let file = OpenOptions::new().write(true).open(&path).unwrap();
+    file.write_all_at(&[0u8; ENTRY_LEN], HEADER_LEN + 2 * ENTRY_LEN as u64)
+        .unwrap();
+    // The start that rewrote it died before it published its file.
+    let mut staged =
+        JournalWriter::new(dir.path(), limits(HOUR), Vec::new(), 1, 6, metrics.clone());
+    staged.start_staged_file(7).unwrap();
+    staged.commit(&group(1..=6, T0)).unwrap();
+    drop(staged);
+    assert_eq!(
+        files::list(dir.path()).unwrap().len(),
+        1,
+        "a staged file is not listed"
+    );
+
+    let found = recover(dir.path(), 6, limits(HOUR), T0, &metrics);
+
+    let incomplete = found.recovered.incomplete.expect("still incomplete");
+    assert_eq!(incomplete.path, path);
+    let left: Vec<_> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(left, [path], "the staged file is deleted");
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 

@@ -65,6 +65,8 @@ pub(super) struct JournalWriter {
     /// again says it is durable past that point, and the spool keeps its segments (their records
     /// hold the ids) until a restart rebuilds the journal from them.
     sync_failed: bool,
+    /// The active file is still under its staged name (see [`JournalWriter::start_staged_file`]).
+    staged: bool,
     /// Name of the newest file: a new file is named after the first sequence number it holds,
     /// or after this one plus one when that is higher, so that the names keep journal order.
     newest_name: u64,
@@ -94,6 +96,7 @@ impl JournalWriter {
             unsynced: false,
             synced_seq: durable_through,
             sync_failed: false,
+            staged: false,
             newest_name,
             buffer: Vec::with_capacity(64 * 1024),
             last_drop_check: None,
@@ -104,6 +107,31 @@ impl JournalWriter {
     /// Starts the file the first group will go to, before any is handed over.
     pub(super) fn start_file(&mut self, first_seq: u64) -> io::Result<()> {
         self.roll(first_seq)
+    }
+
+    /// [`JournalWriter::start_file`], under a name recovery does not list until
+    /// [`JournalWriter::publish`]: for the entries start-up writes again from the spool. It is
+    /// not rotated meanwhile, whatever it grows to.
+    pub(super) fn start_staged_file(&mut self, first_seq: u64) -> io::Result<()> {
+        let name = first_seq.max(self.newest_name.saturating_add(1));
+        let (file, path, generation) = files::create_staged(&self.dir, name)?;
+        self.newest_name = name;
+        self.start_active(file, path, generation);
+        self.staged = true;
+        Ok(())
+    }
+
+    /// Makes the staged file durable and gives it its name.
+    pub(super) fn publish(&mut self) -> io::Result<()> {
+        self.sync();
+        if self.sync_failed {
+            return Err(io::Error::other("the id journal could not be fsynced"));
+        }
+        if let (true, Some(active)) = (self.staged, &self.active) {
+            files::publish(&active.stats.path)?;
+        }
+        self.staged = false;
+        Ok(())
     }
 
     pub(super) fn metrics(&self) -> &Metrics {
@@ -143,6 +171,9 @@ impl JournalWriter {
         let (Some(first), Some(last)) = (group.first(), group.last()) else {
             return Ok(());
         };
+        // What an abandon takes out again: this group once it is written, nothing before (a
+        // group that fails before its write must not cut the one before it, answered 200).
+        self.last_group = None;
         if let Some(len) = self.cut_back_to {
             self.cut_back(len)?;
         }
@@ -224,6 +255,9 @@ impl JournalWriter {
         let Some(active) = &self.active else {
             return true;
         };
+        if self.staged {
+            return false;
+        }
         if self.must_roll {
             return true;
         }
@@ -241,6 +275,11 @@ impl JournalWriter {
         let name = first_seq.max(self.newest_name.saturating_add(1));
         let (file, path, generation) = files::create(&self.dir, name)?;
         self.newest_name = name;
+        self.start_active(file, path, generation);
+        Ok(())
+    }
+
+    fn start_active(&mut self, file: File, path: PathBuf, generation: u64) {
         if let Some(previous) = self.active.take() {
             self.older.push_back(previous.stats);
         }
@@ -257,7 +296,6 @@ impl JournalWriter {
         });
         self.must_roll = false;
         self.update_bytes();
-        Ok(())
     }
 
     /// [`JournalWriter::delete_old_files`], at most every [`DROP_CHECK_INTERVAL`].

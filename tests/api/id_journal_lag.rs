@@ -232,3 +232,32 @@ async fn a_retired_segment_leaves_its_ids_durable_in_the_journal() {
     assert_remembers(&remembered, &accepted);
     spool.close().await;
 }
+
+#[tokio::test]
+async fn a_newest_journal_file_without_a_valid_header_does_not_stop_the_start() {
+    // The attacker's case: an empty newest file (a full disk leaves one) or a zeroed header was
+    // deleted twice, and the second deletion failed the start.
+    for damage in ["empty", "zeroed header"] {
+        let dir = tempfile::tempdir().unwrap();
+        let accepted = ids(0..5);
+        let (spool, _) = open(dir.path(), &Metrics::new());
+        append_all(&spool, &accepted).await;
+        spool.close().await;
+        drop(spool);
+        let newest = journal_files(dir.path()).pop().unwrap();
+        match damage {
+            "empty" => fs::write(&newest, b"").unwrap(),
+            _ => OpenOptions::new()
+                .write(true)
+                .open(&newest)
+                .unwrap()
+                .write_all_at(&[0u8; HEADER_LEN as usize], 0)
+                .unwrap(),
+        }
+
+        let (spool, remembered) = open(dir.path(), &Metrics::new());
+
+        assert_remembers(&remembered, &accepted);
+        spool.close().await;
+    }
+}
