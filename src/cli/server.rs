@@ -15,6 +15,7 @@ use crate::telemetry;
 const SPAN_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub async fn run(settings: Settings, config: Option<PathBuf>) -> ExitCode {
+    ignore_file_size_signal();
     #[cfg(feature = "otlp")]
     let (log, export) = match telemetry::otel::init_server(&settings.log, &settings.tracing) {
         Ok(installed) => installed,
@@ -55,5 +56,16 @@ pub async fn run(settings: Settings, config: Option<PathBuf>) -> ExitCode {
             eprintln!("dataloy-gateway: {e:#}");
             ExitCode::from(EXIT_FAILED)
         }
+    }
+}
+
+/// Under a file size limit (`ulimit -f`), a write past it must fail (EFBIG: the notification is
+/// answered 503, see the spool and the id journal) instead of killing the process with
+/// SIGXFSZ, its default action: an outside attacker saw the gateway die without a word.
+fn ignore_file_size_signal() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: SIG_IGN installs no handler code, so nothing runs in signal context.
+    if let Err(e) = unsafe { signal(Signal::SIGXFSZ, SigHandler::SigIgn) } {
+        tracing::warn!(error = %e, "cannot ignore SIGXFSZ; a file size limit would end the process");
     }
 }
