@@ -30,12 +30,16 @@ fn notification(id: &str) -> Notification {
 
 /// Opens the spool with the journal; returns it and the keys the journal handed back.
 fn open(dir: &Path, metrics: &Metrics) -> (Spool, Vec<IdKey>) {
+    open_with_segments_of(1 << 20, dir, metrics)
+}
+
+fn open_with_segments_of(segment_bytes: u64, dir: &Path, metrics: &Metrics) -> (Spool, Vec<IdKey>) {
     let mut remembered = Vec::new();
     let spool = Spool::open_remembering_ids(
         SpoolOptions {
             dir: dir.to_owned(),
             max_bytes: 64 << 20,
-            segment_bytes: 1 << 20,
+            segment_bytes,
             commit_interval: Duration::ZERO,
             missing_cursor: Default::default(),
         },
@@ -179,27 +183,7 @@ async fn a_retired_segment_leaves_its_ids_durable_in_the_journal() {
     let dir = tempfile::tempdir().unwrap();
     let metrics = Metrics::new();
     let accepted = ids(0..40);
-    let (spool, _) = {
-        let mut remembered = Vec::new();
-        let spool = Spool::open_remembering_ids(
-            SpoolOptions {
-                dir: dir.path().to_owned(),
-                max_bytes: 64 << 20,
-                segment_bytes: 8 * 1024,
-                commit_interval: Duration::ZERO,
-                missing_cursor: Default::default(),
-            },
-            &["relay"],
-            metrics.clone(),
-            Limits {
-                ttl: Duration::from_secs(3600),
-                max_entries: 100_000,
-            },
-            &mut |key, _| remembered.push(key),
-        )
-        .unwrap();
-        (spool, remembered)
-    };
+    let (spool, _) = open_with_segments_of(8 * 1024, dir.path(), &metrics);
     let last = append_all(&spool, &accepted).await;
     spool.acknowledge_for("relay", last).await.unwrap();
 
