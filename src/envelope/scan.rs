@@ -64,8 +64,12 @@ pub fn scan<'a>(
     // Bit `d - 1` is set when the container at depth `d` is an object.
     let mut objects: u128 = 0;
     let mut depth = 0usize;
+    // Whether the container at `depth` is an object: bit `depth - 1` of `objects`, kept apart so
+    // that each element does not shift a u128 (only opening and closing a container does).
+    let mut in_object = false;
     // The member of the top-level object whose value is being read: its key and value start.
-    let mut member: Option<(&'a str, usize)> = None;
+    // (Byte ranges: only a top-level key is made a `&str`, which checks its ends.)
+    let mut member: Option<(std::ops::Range<usize>, usize)> = None;
     s.skip_whitespace();
     let is_object = s.peek() == Some(b'{');
 
@@ -82,6 +86,7 @@ pub fn scan<'a>(
                     return Err(ScanError::TooDeep);
                 }
                 let object = byte == b'{';
+                in_object = object;
                 if object {
                     objects |= 1 << (depth - 1);
                 } else {
@@ -93,6 +98,7 @@ pub fn scan<'a>(
                 if s.peek() == Some(close) {
                     s.at += 1;
                     depth -= 1;
+                    in_object = depth > 0 && objects & (1 << (depth - 1)) != 0;
                 } else if object {
                     let key = s.key()?;
                     if depth == 1 {
@@ -114,9 +120,9 @@ pub fn scan<'a>(
         // A value just ended: close containers until one continues with another element.
         loop {
             if depth == 1 {
-                if let Some((raw_key, start)) = member.take() {
+                if let Some((key, start)) = member.take() {
                     on_member(Member {
-                        raw_key,
+                        raw_key: &text[key],
                         value: &text[start..s.at],
                     });
                 }
@@ -129,11 +135,10 @@ pub fn scan<'a>(
                     Err(ScanError::Malformed)
                 };
             }
-            let object = objects & (1 << (depth - 1)) != 0;
-            match (s.peek(), object) {
+            match (s.peek(), in_object) {
                 (Some(b','), _) => {
                     s.at += 1;
-                    if object {
+                    if in_object {
                         s.skip_whitespace();
                         let key = s.key()?;
                         if depth == 1 {
@@ -145,6 +150,7 @@ pub fn scan<'a>(
                 (Some(b'}'), true) | (Some(b']'), false) => {
                     s.at += 1;
                     depth -= 1;
+                    in_object = depth > 0 && objects & (1 << (depth - 1)) != 0;
                 }
                 _ => return Err(ScanError::Malformed),
             }
@@ -169,14 +175,15 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// An object key and the colon after it; returns the key between its quotes.
-    fn key(&mut self) -> Result<&'a str, ScanError> {
+    /// An object key and the colon after it; returns where the key between its quotes is.
+    #[inline(always)]
+    fn key(&mut self) -> Result<std::ops::Range<usize>, ScanError> {
         if self.peek() != Some(b'"') {
             return Err(ScanError::Malformed);
         }
         let start = self.at + 1;
         self.string()?;
-        let key = &self.text[start..self.at - 1];
+        let key = start..self.at - 1;
         self.skip_whitespace();
         if self.peek() != Some(b':') {
             return Err(ScanError::Malformed);
@@ -191,7 +198,10 @@ impl<'a> Scanner<'a> {
         self.at
     }
 
-    /// A string, from its opening quote to just after its closing one.
+    /// A string, from its opening quote to just after its closing one. Inlined where it is
+    /// used, its rare escapes handled out of line: a call per string (over a hundred in a
+    /// notification) cost more than the bytes it skips (BENCHMARKS.md).
+    #[inline(always)]
     fn string(&mut self) -> Result<(), ScanError> {
         self.at += 1;
         loop {
@@ -201,45 +211,49 @@ impl<'a> Scanner<'a> {
                     self.at += 1;
                     return Ok(());
                 }
-                Some(b'\\') => {
-                    self.at += 1;
-                    match self.peek() {
-                        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => {
-                            self.at += 1
-                        }
-                        Some(b'u') => {
-                            let escape_at = self.at - 1;
-                            let unit = self.hex4(self.at + 1).ok_or(ScanError::Malformed)?;
-                            self.at += 5;
-                            match unit {
-                                0xD800..=0xDBFF => {
-                                    let low = match self.bytes.get(self.at..self.at + 2) {
-                                        Some(b"\\u") => self.hex4(self.at + 2),
-                                        _ => None,
-                                    };
-                                    if !matches!(low, Some(0xDC00..=0xDFFF)) {
-                                        return Err(ScanError::LoneSurrogate { at: escape_at });
-                                    }
-                                    self.at += 6;
-                                }
-                                0xDC00..=0xDFFF => {
-                                    return Err(ScanError::LoneSurrogate { at: escape_at })
-                                }
-                                _ => {}
-                            }
-                        }
-                        _ => return Err(ScanError::Malformed),
-                    }
-                }
+                Some(b'\\') => self.escape()?,
                 // A control character, or the end of the body.
                 _ => return Err(ScanError::Malformed),
             }
         }
     }
 
+    /// The escape at `at` (its backslash), which must be one JSON defines, and a `\u` escape of
+    /// a UTF-16 surrogate must be one of a pair.
+    #[cold]
+    #[inline(never)]
+    fn escape(&mut self) -> Result<(), ScanError> {
+        let escape_at = self.at;
+        self.at += 1;
+        match self.peek() {
+            Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => self.at += 1,
+            Some(b'u') => {
+                let unit = self.hex4(self.at + 1).ok_or(ScanError::Malformed)?;
+                self.at += 5;
+                match unit {
+                    0xD800..=0xDBFF => {
+                        let low = match self.bytes.get(self.at..self.at + 2) {
+                            Some(b"\\u") => self.hex4(self.at + 2),
+                            _ => None,
+                        };
+                        if !matches!(low, Some(0xDC00..=0xDFFF)) {
+                            return Err(ScanError::LoneSurrogate { at: escape_at });
+                        }
+                        self.at += 6;
+                    }
+                    0xDC00..=0xDFFF => return Err(ScanError::LoneSurrogate { at: escape_at }),
+                    _ => {}
+                }
+            }
+            _ => return Err(ScanError::Malformed),
+        }
+        Ok(())
+    }
+
     /// Moves to the next byte in [`STRING_STOP`] (or the end), eight bytes at a time while none
     /// of them is one: a zero-byte test on each of three transformed words, whose lowest flagged
     /// byte is always a true match (a borrow only flags bytes above a real one).
+    #[inline(always)]
     fn skip_plain_string_bytes(&mut self) {
         const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
         const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
