@@ -23,6 +23,11 @@ use crate::metrics::{Metrics, Source};
 use crate::telemetry::spans;
 use crate::trace_context::{TraceContext, TRACEPARENT, TRACESTATE};
 
+/// The trace context's headers as names made once (looking one up by `&str` parses the name on
+/// every request).
+static TRACEPARENT_HEADER: header::HeaderName = header::HeaderName::from_static(TRACEPARENT);
+static TRACESTATE_HEADER: header::HeaderName = header::HeaderName::from_static(TRACESTATE);
+
 /// What the notification route needs, shared by all workers.
 pub struct WebhookState {
     pub ingest: Arc<Ingest>,
@@ -146,8 +151,8 @@ pub async fn receive(
 ) -> Result<HttpResponse, WebhookError> {
     let headers = request.headers();
     let incoming = TraceContext::from_headers(
-        headers.get_all(TRACEPARENT).map(|v| v.as_bytes()),
-        headers.get_all(TRACESTATE).map(|v| v.as_bytes()),
+        headers.get_all(&TRACEPARENT_HEADER).map(|v| v.as_bytes()),
+        headers.get_all(&TRACESTATE_HEADER).map(|v| v.as_bytes()),
     );
     let Some((span, trace)) = spans::webhook_request(incoming.as_ref()) else {
         let trace = incoming.unwrap_or_else(TraceContext::new_root);
@@ -381,9 +386,11 @@ fn check_content_headers(headers: &HeaderMap) -> Result<(), WebhookError> {
         return Err(WebhookError::UnsupportedMediaType);
     };
     let mut parts = value.split(';');
-    let essence = parts.next().unwrap_or("").trim().to_ascii_lowercase();
-    let json = essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"));
+    let essence = parts.next().unwrap_or("").trim().as_bytes();
+    let json = essence.eq_ignore_ascii_case(b"application/json")
+        || (essence.len() >= b"application/+json".len()
+            && essence[..b"application/".len()].eq_ignore_ascii_case(b"application/")
+            && essence[essence.len() - b"+json".len()..].eq_ignore_ascii_case(b"+json"));
     if !json {
         return Err(WebhookError::UnsupportedMediaType);
     }
