@@ -11,6 +11,9 @@
 #   e.g. scripts/callgrind-request.sh target/release/dataloy-gateway traceparent \
 #          '[tracing.otlp]' 'endpoint = "http://127.0.0.1:14318/v1/traces"'
 # KEEP=FILE keeps the dump there (for callgrind_annotate). Needs valgrind and python3.
+# CONCURRENCY=N sends with the load tool (target/release/examples/loadgen, or LOADGEN=PATH), N
+# requests in flight: group commits and relay batches then hold many notifications, as under load
+# (TRACE must be none).
 set -euo pipefail
 bin=$1
 trace=${2:-none}
@@ -40,6 +43,12 @@ for _ in $(seq 1 600); do
 done
 
 send() { # FROM COUNT
+  if [[ -n ${CONCURRENCY:-} ]]; then
+    [[ $trace == none ]] || { echo "CONCURRENCY needs TRACE none" >&2; return 1; }
+    "${LOADGEN:-target/release/examples/loadgen}" --requests "$2" --concurrency "$CONCURRENCY" \
+      --url "http://127.0.0.1:$port/webhooks/dataloy" >/dev/null
+    return
+  fi
   python3 - "$port" "$1" "$2" "$trace" <<'PY'
 import http.client, sys
 port, start, count, trace = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
@@ -77,5 +86,6 @@ sleep 1
 # One dump of the whole process (threads are combined); its `summary:` (or `totals:`) line.
 total=$(grep -h -m1 -E '^(summary|totals):' "$work"/callgrind.out.* | awk '{s += $2} END {print s}')
 [[ -n ${KEEP:-} ]] && cat "$work"/callgrind.out.* >"$KEEP"
-echo "$(basename "$bin") trace=$trace extra='$*': $total instructions for $REQUESTS requests," \
+echo "$(basename "$bin") trace=$trace concurrency=${CONCURRENCY:-1} extra='$*':" \
+  "$total instructions for $REQUESTS requests," \
   "$((total / REQUESTS)) per request"
