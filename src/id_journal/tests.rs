@@ -52,6 +52,24 @@ struct Found {
     remembered: Vec<(IdKey, Duration)>,
 }
 
+/// A writer with no recovered files: `newest_name` and `last_seq` as a start would pass them.
+fn fresh_writer(
+    dir: &Path,
+    ttl: Duration,
+    newest_name: u64,
+    last_seq: u64,
+    metrics: &Metrics,
+) -> JournalWriter {
+    JournalWriter::new(
+        dir,
+        limits(ttl),
+        Vec::new(),
+        newest_name,
+        last_seq,
+        metrics.clone(),
+    )
+}
+
 fn recover(dir: &Path, last_durable: u64, limits: Limits, now: u64, metrics: &Metrics) -> Found {
     let mut remembered = Vec::new();
     let recovered = recovery::recover(
@@ -290,7 +308,7 @@ fn the_writer_deletes_files_whose_ids_expired_and_keeps_the_rest() {
     let dir = tempfile::tempdir().unwrap();
     let metrics = Metrics::new();
     let ttl = Duration::from_secs(400);
-    let mut writer = JournalWriter::new(dir.path(), limits(ttl), Vec::new(), 0, 0, metrics.clone());
+    let mut writer = fresh_writer(dir.path(), ttl, 0, 0, &metrics);
     writer.commit(&group(1..=2, T0)).unwrap();
     writer.commit(&group(3..=4, T0 + 100_000)).unwrap();
     writer.commit(&group(5..=5, T0 + 200_000)).unwrap();
@@ -310,8 +328,7 @@ fn the_writer_deletes_files_whose_ids_expired_and_keeps_the_rest() {
 fn a_group_the_spool_did_not_store_is_taken_out_of_the_journal() {
     let dir = tempfile::tempdir().unwrap();
     let metrics = Metrics::new();
-    let mut writer =
-        JournalWriter::new(dir.path(), limits(HOUR), Vec::new(), 0, 0, metrics.clone());
+    let mut writer = fresh_writer(dir.path(), HOUR, 0, 0, &metrics);
     writer.commit(&group(1..=2, T0)).unwrap();
     writer.commit(&group(3..=4, T0)).unwrap();
     writer.abandon();
@@ -386,8 +403,7 @@ fn entries_missing_between_valid_ones_in_the_newest_file_leave_it_for_the_spool_
 fn the_writer_says_it_is_durable_only_after_it_synced_and_syncs_a_file_before_the_next() {
     let dir = tempfile::tempdir().unwrap();
     let metrics = Metrics::new();
-    let mut writer =
-        JournalWriter::new(dir.path(), limits(HOUR), Vec::new(), 0, 0, metrics.clone());
+    let mut writer = fresh_writer(dir.path(), HOUR, 0, 0, &metrics);
     writer.start_file(1).unwrap();
     writer.commit(&group(1..=3, T0)).unwrap();
     assert_eq!(writer.synced_seq(), 0, "a commit alone is not durable");
@@ -406,8 +422,7 @@ fn new_files_are_named_in_journal_order_even_for_entries_written_again() {
     let dir = tempfile::tempdir().unwrap();
     let metrics = Metrics::new();
     // A recovered newest file named 10; entries 4 to 6 written again from the spool.
-    let mut writer =
-        JournalWriter::new(dir.path(), limits(HOUR), Vec::new(), 10, 9, metrics.clone());
+    let mut writer = fresh_writer(dir.path(), HOUR, 10, 9, &metrics);
     writer.start_file(12).unwrap();
     writer.commit(&group(4..=6, T0)).unwrap();
     writer.abandon();
@@ -427,7 +442,7 @@ fn a_group_whose_new_file_cannot_be_made_does_not_cut_the_group_before_it() {
     let dir = tempfile::tempdir().unwrap();
     let metrics = Metrics::new();
     let ttl = Duration::from_secs(400);
-    let mut writer = JournalWriter::new(dir.path(), limits(ttl), Vec::new(), 0, 0, metrics.clone());
+    let mut writer = fresh_writer(dir.path(), ttl, 0, 0, &metrics);
     writer.start_file(1).unwrap();
     writer.commit(&group(1..=2, T0)).unwrap();
     writer.commit(&group(3..=3, T0)).unwrap();
@@ -454,8 +469,7 @@ fn a_staged_file_a_crash_left_is_deleted_and_the_incomplete_file_stays_the_newes
     file.write_all_at(&[0u8; ENTRY_LEN], HEADER_LEN + 2 * ENTRY_LEN as u64)
         .unwrap();
     // The start that rewrote it died before it published its file.
-    let mut staged =
-        JournalWriter::new(dir.path(), limits(HOUR), Vec::new(), 1, 6, metrics.clone());
+    let mut staged = fresh_writer(dir.path(), HOUR, 1, 6, &metrics);
     staged.start_staged_file(7).unwrap();
     staged.commit(&group(1..=6, T0)).unwrap();
     drop(staged);
